@@ -1,0 +1,28 @@
+"""tinygrad_rnn: a small autograd engine on which recurrent networks are their equations."""
+
+from . import autograd, kernels, ops
+from .autograd import ShapeError, enable_grad, is_grad_enabled, no_grad
+from .tensor import (
+    Tensor,
+    cat,
+    full,
+    get_default_dtype,
+    ones,
+    randn,
+    set_default_dtype,
+    stack,
+    tensor,
+    where,
+    zeros,
+    zeros_like,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Heavier or optional submodules load on first use, keeping `import tinygrad_rnn` fast.
+    import importlib
+    if name in ("testing",):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'tinygrad_rnn' has no attribute {name!r}")

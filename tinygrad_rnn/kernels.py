@@ -1,0 +1,149 @@
+"""Elementwise kernels: the forward and derivative arithmetic of the pointwise ops.
+
+Each kernel exists twice: a pure-numpy reference (`numpy_kernels`) and a Numba version
+(`numba_kernels`). Ops call the module-level names (`tanh_backward`, ...), bound to the
+Numba versions unless the environment variable ``TINYGRAD_RNN_NUMBA=0`` is set, so the
+tests can compare both paths.
+
+Where Numba wins, measured (see benchmarks/README.md): the llvmlite build on PyPI has no
+SVML, so ``math.tanh``/``math.exp`` inside Numba run one element at a time (~16 ns each,
+against ~0.4 ns for ``np.tanh``). Transcendentals therefore stay in numpy; Numba fuses the
+arithmetic around them (``g * (1 - y*y)`` in one pass, no temporaries).
+
+The Numba ufuncs are built on first use (``cache=True``), so importing the package does
+not pay for compilation or even for importing numba.
+"""
+
+import math
+import os
+
+import numpy as np
+
+NUMBA_ENABLED = os.environ.get("TINYGRAD_RNN_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+
+_SIGNATURES_1 = ["float32(float32)", "float64(float64)"]
+_SIGNATURES_2 = ["float32(float32, float32)", "float64(float64, float64)"]
+_SIGNATURES_3 = ["float32(float32, float32, float32)", "float64(float64, float64, float64)"]
+
+
+# --- pure numpy reference ---------------------------------------------------------------
+
+class numpy_kernels:
+    """The reference implementations; always available."""
+
+    @staticmethod
+    def sigmoid(x):
+        # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x)) at x = -1000.
+        out = np.multiply(x, 0.5, dtype=x.dtype)
+        np.tanh(out, out=out)
+        out *= 0.5
+        out += 0.5
+        return out
+
+    @staticmethod
+    def tanh_backward(g, y):
+        return g * (1 - y * y)
+
+    @staticmethod
+    def sigmoid_backward(g, s):
+        return g * s * (1 - s)
+
+    @staticmethod
+    def relu_backward(g, x):
+        return np.where(x > 0, g, np.zeros((), dtype=g.dtype))
+
+    @staticmethod
+    def sqrt_backward(g, y):
+        return g * 0.5 / y
+
+    @staticmethod
+    def div_rhs_backward(g, out, b):
+        return -g * out / b
+
+
+# --- numba -------------------------------------------------------------------------------
+
+def _tanh_backward(g, y):
+    return g * (1.0 - y * y)
+
+
+def _sigmoid_backward(g, s):
+    return g * s * (1.0 - s)
+
+
+def _relu_backward(g, x):
+    return g if x > 0 else 0.0
+
+
+def _sqrt_backward(g, y):
+    return g * 0.5 / y
+
+
+def _div_rhs_backward(g, out, b):
+    return -g * out / b
+
+
+def _sigmoid_small(x):
+    # For tiny arrays the per-call cost dominates and one fused pass wins; see sigmoid().
+    if x >= 0:
+        e = math.exp(-x)
+        return 1.0 / (1.0 + e)
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+class _LazyUfunc:
+    """A Numba @vectorize ufunc compiled (or loaded from the on-disk cache) on first call."""
+
+    def __init__(self, py_func, signatures):
+        self.py_func, self.signatures, self.ufunc = py_func, signatures, None
+
+    def __call__(self, *args):
+        if self.ufunc is None:
+            from numba import vectorize
+            self.ufunc = vectorize(self.signatures, cache=True, nopython=True)(self.py_func)
+        return self.ufunc(*args)
+
+
+class numba_kernels:
+    """Numba versions of the fused arithmetic; transcendentals stay in numpy."""
+
+    _sigmoid_small = _LazyUfunc(_sigmoid_small, _SIGNATURES_1)
+    tanh_backward = _LazyUfunc(_tanh_backward, _SIGNATURES_2)
+    sigmoid_backward = _LazyUfunc(_sigmoid_backward, _SIGNATURES_2)
+    relu_backward = _LazyUfunc(_relu_backward, _SIGNATURES_2)
+    sqrt_backward = _LazyUfunc(_sqrt_backward, _SIGNATURES_2)
+    div_rhs_backward = _LazyUfunc(_div_rhs_backward, _SIGNATURES_3)
+
+    @staticmethod
+    def sigmoid(x):
+        # Measured crossover: below ~64 elements one Numba pass beats four numpy passes.
+        if x.size <= 64:
+            return numba_kernels._sigmoid_small(x)
+        return numpy_kernels.sigmoid(x)
+
+
+_KERNEL_NAMES = ("sigmoid", "tanh_backward", "sigmoid_backward", "relu_backward",
+                 "sqrt_backward", "div_rhs_backward")
+
+
+def _dispatch(name):
+    fast, ref = getattr(numba_kernels, name), getattr(numpy_kernels, name)
+
+    def kernel(*args):
+        # The ufuncs have float32/float64 signatures only; mixed or other dtypes use numpy.
+        dt = args[0].dtype
+        if (dt == np.float32 or dt == np.float64) and all(a.dtype == dt for a in args[1:]):
+            return fast(*args)
+        return ref(*args)
+
+    kernel.__name__ = name
+    return kernel
+
+
+if NUMBA_ENABLED:
+    for _name in _KERNEL_NAMES:
+        globals()[_name] = _dispatch(_name)
+else:
+    for _name in _KERNEL_NAMES:
+        globals()[_name] = getattr(numpy_kernels, _name)

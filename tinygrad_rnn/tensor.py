@@ -1,0 +1,444 @@
+"""Tensor: a numpy array, its gradient, and the tape node (``_ctx``) that produced it."""
+
+import numbers
+
+import numpy as np
+
+from . import ops
+from .autograd import ShapeError
+from .autograd import backward as _backward_walk
+
+_default_dtype = np.dtype(np.float64)
+
+
+def set_default_dtype(dtype):
+    """Set the dtype of factories, layers and cells (float64 unless changed)."""
+    global _default_dtype
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"set_default_dtype: expected float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+def get_default_dtype():
+    return _default_dtype
+
+
+def _as_dtype(dtype):
+    return _default_dtype if dtype is None else np.dtype(dtype)
+
+
+_OPERAND_TYPES = "a Tensor, a numpy array or a Python number"
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it.
+
+    ``Tensor(data, requires_grad=False, dtype=None)``: ``data`` is anything numpy accepts.
+    A numpy array keeps its dtype; Python floats become the default dtype (float64 unless
+    ``tg.set_default_dtype`` changed it). Only floating tensors can require grad.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_retain", "name",
+                 "__weakref__")
+    __array_priority__ = 1000   # numpy_array + tensor dispatches to Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None, name=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if dtype is not None:
+            data = np.asarray(data, dtype=np.dtype(dtype))
+        elif isinstance(data, np.ndarray):
+            pass
+        else:
+            if isinstance(data, (str, bytes, dict, set)) or data is None:
+                raise TypeError(f"Tensor: cannot make a tensor from {type(data).__name__} "
+                                f"{data!r:.60}; expected a number, a nested list or an array")
+            data = np.asarray(data)
+            if data.dtype == np.float64:
+                data = data.astype(_default_dtype, copy=False)
+            elif data.dtype == object or data.dtype.kind in "USV":
+                raise TypeError(f"Tensor: data of numpy dtype {data.dtype} is not numeric")
+        self.data = data
+        self.grad = None
+        self._ctx = None
+        self._hooks = None
+        self._retain = False
+        self.name = name
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from_op(cls, data, ctx, requires_grad):
+        # Ops build outputs here; skipping __init__'s checks keeps per-op overhead low.
+        t = object.__new__(Tensor)
+        t.data, t.grad, t._ctx, t._hooks, t._retain, t.name = data, None, ctx, None, False, None
+        t.requires_grad = requires_grad
+        return t
+
+    def requires_grad_(self, flag=True):
+        if flag and self.data.dtype.kind not in "fc":
+            raise TypeError(f"Tensor: requires_grad=True needs a floating dtype, got "
+                            f"{self.data.dtype} (shape {self.shape}); create it with dtype=float")
+        if not flag and self._ctx is not None:
+            raise RuntimeError("requires_grad_: only leaf tensors can stop requiring grad; "
+                               "use .detach()")
+        self.requires_grad = bool(flag)
+        return self
+
+    # --- properties ---------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def is_leaf(self):
+        return self._ctx is None
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: only a tensor with one element converts to a Python "
+                             f"number, got shape {self.shape}")
+        return self.data.item()
+
+    def detach(self):
+        """A new leaf sharing this tensor's data; the graph behind it is cut."""
+        return Tensor._from_op(self.data, None, False)
+
+    def astype(self, dtype):
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad and
+                      np.dtype(dtype).kind == "f")
+
+    def __repr__(self):
+        body = np.array2string(self.data, precision=4, separator=", ", threshold=40,
+                               prefix="Tensor(")
+        extra = ""
+        if self._ctx is not None:
+            extra = f", grad_fn={type(self._ctx).op_name()}"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"Tensor({body}, dtype={self.dtype}{extra})"
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.data)
+
+    __hash__ = object.__hash__
+
+    # --- autograd -----------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph "
+                               "(no input of the ops that made it had requires_grad=True, or it "
+                               "was computed under no_grad)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: the output has shape {self.shape}; grad can be "
+                                   "implied only for a single-element output. Pass grad= of the "
+                                   "same shape or reduce it first (e.g. .sum())")
+            grad = np.ones(self.shape, dtype=self.dtype)
+        else:
+            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            if grad.shape != self.shape:
+                raise ShapeError(f"backward: grad has shape {grad.shape}, expected the output's "
+                                 f"shape {self.shape}")
+            grad = grad.astype(self.dtype, copy=False)
+        _backward_walk(self, grad, retain_graph=retain_graph)
+
+    def _accumulate_grad(self, g):
+        if g.dtype != self.data.dtype:
+            g = g.astype(self.data.dtype)
+        if self.grad is None:
+            self.grad = np.array(g, copy=True)   # never alias an array the walk shares
+        else:
+            self.grad = self.grad + g
+
+    def retain_grad(self):
+        """Keep ``.grad`` on a non-leaf tensor after backward (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad: this tensor does not require grad")
+        self._retain = True
+        return self
+
+    def register_hook(self, fn):
+        """Call ``fn(grad)`` when this tensor's gradient is computed; a non-None return
+        replaces the gradient. Returns a handle with ``.remove()``."""
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that does "
+                               "not require grad")
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(fn)
+        return _HookHandle(self._hooks, fn)
+
+    # --- operand coercion -----------------------------------------------------------------
+    def _operand(self, other, op):
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, numbers.Number) and not isinstance(other, bool):
+            # A Python scalar takes the tensor's dtype: it never upcasts float32.
+            dt = self.data.dtype if self.data.dtype.kind in "fc" or isinstance(other, numbers.Integral) \
+                else _default_dtype
+            return Tensor._from_op(np.asarray(other, dtype=dt), None, False)
+        if isinstance(other, (np.ndarray, np.generic)):
+            return Tensor._from_op(np.asarray(other), None, False)
+        if isinstance(other, (list, tuple, bool)):
+            return Tensor(other)
+        raise TypeError(f"{op}: expected {_OPERAND_TYPES}, got {type(other).__name__}")
+
+    # --- arithmetic ------------------------------------------------------------------------
+    def __add__(self, other):
+        return ops.Add.apply(self, self._operand(other, "add"))
+
+    def __radd__(self, other):
+        return ops.Add.apply(self._operand(other, "add"), self)
+
+    def __sub__(self, other):
+        return ops.Sub.apply(self, self._operand(other, "sub"))
+
+    def __rsub__(self, other):
+        return ops.Sub.apply(self._operand(other, "sub"), self)
+
+    def __mul__(self, other):
+        return ops.Mul.apply(self, self._operand(other, "mul"))
+
+    def __rmul__(self, other):
+        return ops.Mul.apply(self._operand(other, "mul"), self)
+
+    def __truediv__(self, other):
+        return ops.Div.apply(self, self._operand(other, "div"))
+
+    def __rtruediv__(self, other):
+        return ops.Div.apply(self._operand(other, "div"), self)
+
+    def __pow__(self, other):
+        return ops.Pow.apply(self, self._operand(other, "pow"))
+
+    def __rpow__(self, other):
+        return ops.Pow.apply(self._operand(other, "pow"), self)
+
+    def __neg__(self):
+        return ops.Neg.apply(self)
+
+    def __matmul__(self, other):
+        return ops.MatMul.apply(self, self._operand(other, "matmul"))
+
+    def __rmatmul__(self, other):
+        return ops.MatMul.apply(self._operand(other, "matmul"), self)
+
+    # Comparisons give plain (non-differentiable) boolean tensors, e.g. masks for where().
+    def __lt__(self, other):
+        return Tensor(self.data < self._operand(other, "lt").data)
+
+    def __le__(self, other):
+        return Tensor(self.data <= self._operand(other, "le").data)
+
+    def __gt__(self, other):
+        return Tensor(self.data > self._operand(other, "gt").data)
+
+    def __ge__(self, other):
+        return Tensor(self.data >= self._operand(other, "ge").data)
+
+    # --- pointwise ---------------------------------------------------------------------------
+    def tanh(self):
+        return ops.Tanh.apply(self)
+
+    def sigmoid(self):
+        return ops.Sigmoid.apply(self)
+
+    def relu(self):
+        return ops.Relu.apply(self)
+
+    def exp(self):
+        return ops.Exp.apply(self)
+
+    def log(self):
+        return ops.Log.apply(self)
+
+    def sqrt(self):
+        return ops.Sqrt.apply(self)
+
+    def abs(self):
+        return ops.Abs.apply(self)
+
+    # --- reductions ------------------------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        axes = ops._normalize_axis(axis, self.ndim, "mean")
+        count = 1
+        for ax in axes:
+            count *= self.shape[ax]
+        if count == 0:
+            raise ValueError(f"mean: cannot average over zero elements (shape {self.shape}, "
+                             f"axis={axis})")
+        return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
+
+    def max(self, axis=None, keepdims=False):
+        if self.size == 0:
+            raise ValueError(f"max: cannot reduce an empty tensor of shape {self.shape}")
+        return ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def softmax(self, axis=-1):
+        return ops.Softmax.apply(self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        return ops.LogSoftmax.apply(self, axis=axis)
+
+    # --- shape ----------------------------------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return ops.Reshape.apply(self, shape=shape)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            axes = tuple(reversed(range(self.ndim)))
+        return ops.Transpose.apply(self, axes=axes)
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            index = (index,)
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        for i in index:
+            if isinstance(i, np.ndarray) and i.dtype.kind not in "iub":
+                raise TypeError(f"getitem: index arrays must be integers or booleans, got "
+                                f"dtype {i.dtype}")
+        return ops.GetItem.apply(self, index=index)
+
+    def split(self, sizes, axis=-1):
+        """Split into pieces of the given sizes (a list) or into pieces of one size (an int)."""
+        n = self.shape[axis]
+        if isinstance(sizes, (int, np.integer)):
+            if sizes <= 0:
+                raise ValueError(f"split: size must be positive, got {sizes}")
+            sizes = [sizes] * (n // sizes) + ([n % sizes] if n % sizes else [])
+        if sum(sizes) != n:
+            raise ShapeError(f"split: sizes {list(sizes)} sum to {sum(sizes)}, but axis {axis} "
+                             f"of shape {self.shape} has {n}")
+        lead = (slice(None),) * (axis % self.ndim)
+        out, start = [], 0
+        for s in sizes:
+            out.append(self[lead + (slice(start, start + s),)])
+            start += s
+        return out
+
+    def chunk(self, chunks, axis=-1):
+        """Split into ``chunks`` equal pieces (the LSTM gates: ``gates.chunk(4)``)."""
+        n = self.shape[axis]
+        if chunks <= 0 or n % chunks:
+            raise ShapeError(f"chunk: axis {axis} of shape {self.shape} has {n} elements, "
+                             f"not divisible into {chunks} equal chunks")
+        return self.split(n // chunks, axis=axis)
+
+
+class _HookHandle:
+    def __init__(self, hooks, fn):
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self):
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+def _tensors(values, op):
+    out = []
+    for v in values:
+        if isinstance(v, Tensor):
+            out.append(v)
+        elif isinstance(v, np.ndarray):
+            out.append(Tensor(v))
+        else:
+            raise TypeError(f"{op}: expected Tensors, got {type(v).__name__}")
+    return out
+
+
+def cat(tensors, axis=0):
+    """Concatenate along an existing axis (numpy's ``concatenate``)."""
+    tensors = _tensors(tensors, "cat")
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    return ops.Cat.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    """Stack along a new axis."""
+    tensors = _tensors(tensors, "stack")
+    if not tensors:
+        raise ValueError("stack: expected a non-empty list of tensors")
+    return ops.Stack.apply(*tensors, axis=axis)
+
+
+def where(mask, a, b):
+    """Elementwise ``a`` where ``mask`` is true, else ``b``; gradients flow to ``a`` and ``b``."""
+    mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
+    a, b = like._operand(a, "where"), like._operand(b, "where")
+    return ops.Where.apply(Tensor._from_op(mask, None, False), a, b)
+
+
+# --- factories ------------------------------------------------------------------------------
+
+def _shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def zeros(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.zeros(_shape(shape), dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.ones(_shape(shape), dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+
+
+def full(shape, value, dtype=None, requires_grad=False):
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return Tensor(np.full(shape, value, dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    data = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return Tensor(np.zeros(data.shape, dtype=dtype or data.dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, seed=None, dtype=None, requires_grad=False):
+    """Standard normal samples; ``seed`` is an int or a ``np.random.Generator``."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    data = rng.standard_normal(_shape(shape)).astype(_as_dtype(dtype), copy=False)
+    return Tensor(data, requires_grad=requires_grad)
