@@ -1,12 +1,27 @@
 """tinygrad_rnn: a small autograd engine on which recurrent networks are their equations."""
 
-from . import autograd, kernels, ops
+from . import autograd, kernels, nn, ops, rnn
 from .autograd import ShapeError, enable_grad, is_grad_enabled, no_grad
+from .nn.init import manual_seed
+from .rnn import (
+    Bidirectional,
+    Cell,
+    FeedbackCell,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+    Seq2Seq,
+    Stack,
+    Unroll,
+    detach_state,
+    generate,
+)
 from .tensor import (
     Tensor,
     cat,
     full,
     get_default_dtype,
+    linear,
     ones,
     randn,
     set_default_dtype,

@@ -94,6 +94,7 @@ class Function:
     name = None              # printed in errors and traces; defaults to the class name
     parents = ()
     needs_input_grad = ()
+    n_outputs = 1
     freed = False
 
     def forward(self, *arrays, **attrs):
@@ -113,7 +114,11 @@ class Function:
 
     @classmethod
     def apply(cls, *tensors, **attrs):
-        """Run forward on the tensors' data and, if any input requires grad, record a node."""
+        """Run forward on the tensors' data and, if any input requires grad, record a node.
+
+        A forward that returns a tuple of arrays makes a multi-output node (``split``,
+        ``unbind``): its backward then receives one gradient per output (None if unused).
+        """
         ctx = cls()
         requires_grad = False
         if getattr(_grad_mode, "enabled", True):
@@ -127,7 +132,13 @@ class Function:
             data = ctx.forward(*arrays, **attrs)
         except (ValueError, IndexError, TypeError) as exc:
             raise ShapeError(cls.describe_error(arrays, attrs, exc)) from None
-        out = tensors[0]._from_op(data, ctx if requires_grad else None, requires_grad)
+        node = ctx if requires_grad else None
+        make = tensors[0]._from_op
+        if type(data) is tuple:
+            ctx.n_outputs = len(data)
+            out = tuple(make(d, node, requires_grad, i) for i, d in enumerate(data))
+        else:
+            out = make(data, node, requires_grad)
         if _observers:
             for obs in list(_observers):
                 obs.on_forward(ctx, tensors, out)
@@ -141,10 +152,10 @@ class Function:
 
 # --- the backward walk -------------------------------------------------------------------
 
-def _graph_freed_error(t):
-    op = type(t._ctx).op_name()
+def _graph_freed_error(t, ctx):
+    where = f"'{ctx.op_name()}' (output shape {t.shape})"
     return RuntimeError(
-        f"backward: the graph through '{op}' (output shape {t.shape}) was already freed by an "
+        f"backward: the graph through {where} was already freed by an "
         "earlier backward. Pass retain_graph=True to the first backward to go through it "
         "twice, or detach the state between truncated-BPTT windows (tg.detach_state).")
 
@@ -152,67 +163,101 @@ def _graph_freed_error(t):
 def backward(root, grad, retain_graph=False):
     """Back-propagate ``grad`` (the gradient of some loss w.r.t. ``root``) through the tape.
 
-    Reverse topological order by child counting (HIPS autograd): first count, for every
-    tensor, how many recorded uses lead back to it; then a tensor is processed once all its
-    uses have delivered their gradient. Intermediate gradients are dropped once consumed.
+    Reverse topological order by child counting (HIPS autograd): first count, for every node
+    (and every leaf), how many recorded uses lead back to it; then a node runs once all its
+    uses have delivered their gradients. Intermediate gradients are dropped once consumed.
     """
-    # Pass 1: count the uses of every tensor reachable from root.
+    # Pass 1: the units of work are nodes (Function instances) and leaf tensors. Count the
+    # uses of each, and remember which output tensors of each node the graph holds.
     uses = {}
-    seen = {id(root)}
-    stack = [root]
+    if root._ctx is None:
+        root._accumulate_grad(_run_hooks(root, grad))
+        return
+    outputs = {root._ctx: [root]}     # node -> its output tensors reachable from root
+    seen_tensors = {id(root)}
+    visited = {root._ctx}
+    stack = [root._ctx]
     while stack:
-        t = stack.pop()
-        ctx = t._ctx
-        if ctx is None:
-            continue
+        ctx = stack.pop()
         if ctx.freed:
-            raise _graph_freed_error(t)
+            raise _graph_freed_error(outputs[ctx][0], ctx)
         for p in ctx.parents:
-            if p.requires_grad:
-                k = id(p)
-                uses[k] = uses.get(k, 0) + 1
-                if k not in seen:
-                    seen.add(k)
-                    stack.append(p)
+            if not p.requires_grad:
+                continue
+            pctx = p._ctx
+            unit = p if pctx is None else pctx
+            uses[unit] = uses.get(unit, 0) + 1
+            if pctx is not None:
+                if id(p) not in seen_tensors:
+                    seen_tensors.add(id(p))
+                    outputs.setdefault(pctx, []).append(p)
+                if pctx not in visited:
+                    visited.add(pctx)
+                    stack.append(pctx)
 
-    # Pass 2: propagate.
+    # Pass 2: run each unit once all of its uses have delivered their gradients.
     grads = {id(root): grad}
-    ready = [root]
+    ready = [root._ctx]
     observers = list(_observers)
     while ready:
-        t = ready.pop()
-        g = grads.pop(id(t), None)
-        ctx = t._ctx
-        if g is not None:
-            if t._hooks:
-                for hook in t._hooks:
-                    replaced = hook(g)
-                    if replaced is not None:
-                        g = _check_hook_grad(t, replaced)
-            if ctx is None or t._retain:
-                t._accumulate_grad(g)
-        if ctx is None:
+        unit = ready.pop()
+        if not isinstance(unit, Function):                # a leaf tensor
+            g = grads.pop(id(unit), None)
+            if g is not None:
+                g = _run_hooks(unit, g)
+                unit._accumulate_grad(g)
             continue
-        if ctx.freed:
-            raise _graph_freed_error(t)
-        in_grads = ctx.backward(g) if g is not None else (None,) * len(ctx.parents)
-        if observers and g is not None:
-            for obs in observers:
-                obs.on_backward(ctx, g, in_grads, t)
+        ctx = unit
+        outs = outputs[ctx]
+        if ctx.n_outputs == 1:
+            out_grads = [_output_grad(outs[0], grads)]
+            flows = out_grads[0] is not None
+        else:
+            out_grads = [None] * ctx.n_outputs
+            for t in outs:
+                out_grads[t._index] = _output_grad(t, grads)
+            flows = any(g is not None for g in out_grads)
+        if not flows:                                     # nothing reaches this node
+            in_grads = (None,) * len(ctx.parents)
+        else:
+            in_grads = ctx.backward(*out_grads)
+            if observers:
+                for obs in observers:
+                    obs.on_backward(ctx, out_grads, in_grads, outs)
         parents = ctx.parents
         if not retain_graph:
             ctx.release()
         for p, pg in zip(parents, in_grads):
             if not p.requires_grad:
                 continue
-            k = id(p)
             if pg is not None:
+                k = id(p)
                 prev = grads.get(k)
                 grads[k] = pg if prev is None else prev + pg
-            n = uses[k] - 1
-            uses[k] = n
+            punit = p._ctx if p._ctx is not None else p
+            n = uses[punit] - 1
+            uses[punit] = n
             if n == 0:
-                ready.append(p)
+                ready.append(punit)
+
+
+def _output_grad(t, grads):
+    """The finished gradient of a node's output: hooks applied, kept if retain_grad()."""
+    g = grads.pop(id(t), None)
+    if g is not None:
+        g = _run_hooks(t, g)
+        if t._retain:
+            t._accumulate_grad(g)
+    return g
+
+
+def _run_hooks(t, g):
+    if t._hooks:
+        for hook in t._hooks:
+            replaced = hook(g)
+            if replaced is not None:
+                g = _check_hook_grad(t, replaced)
+    return g
 
 
 def _check_hook_grad(t, g):

@@ -154,6 +154,38 @@ class MatMul(Function):
         return ga, gb
 
 
+class Linear(Function):
+    """``x @ W.T + b`` (PyTorch's ``F.linear``): one node instead of three, since every
+    recurrent step does it twice. x (..., I), W (O, I), b (O,)."""
+
+    @classmethod
+    def describe_error(cls, arrays, attrs, exc):
+        x, w = arrays[0], arrays[1]
+        b = f" and bias {arrays[2].shape}" if len(arrays) > 2 else ""
+        return (f"linear: input of shape {x.shape} does not fit weight of shape {w.shape}{b}: "
+                f"expected input (..., {w.shape[-1] if w.ndim else '?'}), weight (out, in), "
+                "bias (out,)")
+
+    def forward(self, x, w, b=None):
+        if w.ndim != 2 or x.shape[-1:] != w.shape[1:] or (b is not None and b.shape != w.shape[:1]):
+            raise ValueError("shape mismatch")
+        self.x, self.w = x, w
+        out = x @ w.T
+        if b is not None:
+            out += b
+        return out
+
+    def backward(self, g):
+        x, w = self.x, self.w
+        need = self.needs_input_grad
+        gx = g @ w if need[0] else None
+        g2 = g.reshape(-1, g.shape[-1])
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if need[1] else None
+        if len(need) > 2:
+            return gx, gw, (g2.sum(axis=0) if need[2] else None)
+        return gx, gw
+
+
 # --- pointwise -------------------------------------------------------------------------------
 
 class Tanh(Function):
@@ -365,6 +397,40 @@ class Stack(Function):
     def backward(self, g):
         parts = np.moveaxis(g, self.axis, 0)
         return tuple(parts[i] if need else None for i, need in enumerate(self.needs_input_grad))
+
+
+class Split(Function):
+    """Pieces of the given sizes along an axis: one node with one output per piece."""
+
+    def forward(self, a, sizes, axis):
+        self.shape, self.dtype, self.axis, self.sizes = a.shape, a.dtype, axis, sizes
+        return tuple(np.split(a, np.cumsum(sizes)[:-1], axis=axis))
+
+    def backward(self, *grads):
+        parts = []
+        for g, size in zip(grads, self.sizes):
+            if g is None:       # an unused piece (e.g. a gate nobody read) gets zero gradient
+                shape = self.shape[:self.axis] + (size,) + self.shape[self.axis + 1:]
+                g = np.zeros(shape, dtype=self.dtype)
+            parts.append(g)
+        return (np.concatenate(parts, axis=self.axis),)
+
+
+class Unbind(Function):
+    """The slices along an axis (``xs`` -> ``x_1 .. x_T``): one node, T outputs."""
+
+    def forward(self, a, axis):
+        self.shape, self.dtype, self.axis = a.shape, a.dtype, axis
+        moved = np.moveaxis(a, axis, 0)
+        return tuple(moved[i] for i in range(moved.shape[0]))
+
+    def backward(self, *grads):
+        out = np.zeros(self.shape, dtype=self.dtype)
+        moved = np.moveaxis(out, self.axis, 0)      # a view: writes land in out
+        for i, g in enumerate(grads):
+            if g is not None:
+                moved[i] = g
+        return (out,)
 
 
 class Where(Function):

@@ -39,7 +39,7 @@ class Tensor:
     ``tg.set_default_dtype`` changed it). Only floating tensors can require grad.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_retain", "name",
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_index", "_hooks", "_retain", "name",
                  "__weakref__")
     __array_priority__ = 1000   # numpy_array + tensor dispatches to Tensor.__radd__
 
@@ -62,6 +62,7 @@ class Tensor:
         self.data = data
         self.grad = None
         self._ctx = None
+        self._index = 0
         self._hooks = None
         self._retain = False
         self.name = name
@@ -70,10 +71,12 @@ class Tensor:
             self.requires_grad_(True)
 
     @classmethod
-    def _from_op(cls, data, ctx, requires_grad):
+    def _from_op(cls, data, ctx, requires_grad, index=0):
         # Ops build outputs here; skipping __init__'s checks keeps per-op overhead low.
+        # ``index`` is which output of a multi-output node (split, unbind) this tensor is.
         t = object.__new__(Tensor)
-        t.data, t.grad, t._ctx, t._hooks, t._retain, t.name = data, None, ctx, None, False, None
+        t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name = \
+            data, None, ctx, index, None, False, None
         t.requires_grad = requires_grad
         return t
 
@@ -338,7 +341,8 @@ class Tensor:
 
     def split(self, sizes, axis=-1):
         """Split into pieces of the given sizes (a list) or into pieces of one size (an int)."""
-        n = self.shape[axis]
+        ax = self._axis(axis, "split")
+        n = self.shape[ax]
         if isinstance(sizes, (int, np.integer)):
             if sizes <= 0:
                 raise ValueError(f"split: size must be positive, got {sizes}")
@@ -346,20 +350,25 @@ class Tensor:
         if sum(sizes) != n:
             raise ShapeError(f"split: sizes {list(sizes)} sum to {sum(sizes)}, but axis {axis} "
                              f"of shape {self.shape} has {n}")
-        lead = (slice(None),) * (axis % self.ndim)
-        out, start = [], 0
-        for s in sizes:
-            out.append(self[lead + (slice(start, start + s),)])
-            start += s
-        return out
+        return list(ops.Split.apply(self, sizes=tuple(sizes), axis=ax))
 
     def chunk(self, chunks, axis=-1):
         """Split into ``chunks`` equal pieces (the LSTM gates: ``gates.chunk(4)``)."""
-        n = self.shape[axis]
+        n = self.shape[self._axis(axis, "chunk")]
         if chunks <= 0 or n % chunks:
             raise ShapeError(f"chunk: axis {axis} of shape {self.shape} has {n} elements, "
                              f"not divisible into {chunks} equal chunks")
         return self.split(n // chunks, axis=axis)
+
+    def unbind(self, axis=0):
+        """The slices along ``axis`` as a list of tensors (one tape node for all of them)."""
+        ax = self._axis(axis, "unbind")
+        return list(ops.Unbind.apply(self, axis=ax))
+
+    def _axis(self, axis, op):
+        if not -self.ndim <= axis < self.ndim:
+            raise ShapeError(f"{op}: axis {axis} is out of range for shape {self.shape}")
+        return axis % self.ndim
 
 
 class _HookHandle:
@@ -397,6 +406,12 @@ def stack(tensors, axis=0):
     if not tensors:
         raise ValueError("stack: expected a non-empty list of tensors")
     return ops.Stack.apply(*tensors, axis=axis)
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` as one op; x (..., in), weight (out, in), bias (out,)."""
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return ops.Linear.apply(*_tensors(args, "linear"))
 
 
 def where(mask, a, b):

@@ -11,12 +11,13 @@ from .gradcheck import check_vjp, gradcheck
 
 def __getattr__(name):
     # Both need hypothesis, a test-time dependency: import them only when asked for.
+    # import_module, not `from . import strategies`: the latter asks this module for the
+    # attribute first, which calls __getattr__ again and recurses forever.
+    import importlib
     if name == "check_cell":
-        from .cells import check_cell
-        return check_cell
+        return importlib.import_module(".cells", __name__).check_cell
     if name == "strategies":
-        from . import strategies
-        return strategies
+        return importlib.import_module(".strategies", __name__)
     raise AttributeError(f"module 'tinygrad_rnn.testing' has no attribute {name!r}")
 
 

@@ -1,0 +1,108 @@
+"""Unroll: apply a cell at every time step. BPTT is nothing more than backward on the result."""
+
+import numpy as np
+
+from .. import autograd
+from ..autograd import ShapeError, no_grad
+from ..nn.module import Module
+from ..tensor import Tensor, stack, where
+from .cell import describe_structure, same_structure, tree_map
+
+
+def check_lengths(lengths, T, B, who):
+    """``lengths`` as an int array of shape (B,) with every entry in [0, T]."""
+    arr = np.asarray(lengths.data if isinstance(lengths, Tensor) else lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{who}: lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ShapeError(f"{who}: lengths must have shape (B,) = ({B},), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"{who}: lengths must lie in [0, T] = [0, {T}], got min {arr.min()} "
+                         f"and max {arr.max()}")
+    return arr
+
+
+class Unroll(Module):
+    """Run ``cell`` over a sequence: ``(ys, final_state) = Unroll(cell)(xs, state, lengths)``.
+
+    xs (T, B, I) (or (B, T, I) with ``batch_first``) -> ys (T, B, ·): every step's output
+    (many-to-many); ``ys[-1]`` or the final state gives many-to-one. ``state`` defaults to
+    ``cell.init_state(B)``. With ``lengths`` (B,), sequence b stops updating its state after
+    ``lengths[b]`` steps, its outputs past that are exactly zero, and the final state is the
+    state at its own last step (as PyTorch's packed sequences).
+    """
+
+    def __init__(self, cell, batch_first=False):
+        self.cell = cell
+        self.batch_first = batch_first
+
+    def forward(self, xs, state=None, lengths=None):
+        xs = self._check_input(xs)
+        if self.batch_first:
+            xs = xs.transpose(1, 0, 2)
+        T, B = xs.shape[0], xs.shape[1]
+        if T == 0:
+            raise ShapeError(f"Unroll({type(self.cell).__name__}): the sequence is empty (T = 0)")
+        cell = self.cell
+        state = self._initial_state(state, B)
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B, "Unroll")
+            masks = [(t < lengths)[:, None] for t in range(T)]
+            full = [bool(m.all()) for m in masks]
+        observing = autograd.observing()
+        prev_step = autograd.scope.get("step")
+        outputs = []
+        for t, x_t in enumerate(xs.unbind(0)):
+            if observing:
+                autograd.scope["step"] = t
+            out, new_state = cell(x_t, state)
+            if lengths is not None and not full[t]:
+                # Finished sequences keep their state and emit zeros.
+                m = masks[t]
+                new_state = tree_map(lambda new, old, m=m: where(m, new, old), new_state, state)
+                out = tree_map(lambda o, m=m: where(m, o, np.zeros((), o.dtype)), out)
+            state = new_state
+            outputs.append(out)
+        if observing:
+            autograd.scope.pop("step", None)
+            if prev_step is not None:
+                autograd.scope["step"] = prev_step
+        ys = tree_map(lambda *outs: stack(outs), *outputs)
+        if self.batch_first:
+            ys = tree_map(lambda y: y.transpose(1, 0, *range(2, y.ndim)), ys)
+        return ys, state
+
+    def _check_input(self, xs):
+        name = type(self.cell).__name__
+        if not isinstance(xs, Tensor):
+            if isinstance(xs, np.ndarray):
+                xs = Tensor(xs)
+            else:
+                raise TypeError(f"Unroll({name}): xs must be a Tensor, got {type(xs).__name__}")
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        if xs.ndim != 3:
+            raise ShapeError(f"Unroll({name}): expected xs of rank 3 {layout}, got shape "
+                             f"{xs.shape}" + (" (for one sequence, add a batch axis)"
+                                              if xs.ndim == 2 else ""))
+        size = getattr(self.cell, "input_size", None)
+        if isinstance(size, (int, np.integer)) and xs.shape[2] != size:
+            raise ShapeError(f"Unroll({name}): expected input size I = {size}, got xs of shape "
+                             f"{xs.shape} {layout}")
+        return xs
+
+    def _initial_state(self, state, B):
+        if state is None:
+            return self.cell.init_state(B)
+        try:
+            with no_grad():
+                expected = self.cell.init_state(B)
+        except (NotImplementedError, TypeError, ValueError, AttributeError):
+            return state        # a cell that cannot build its own state: trust the caller
+        if not same_structure(state, expected):
+            raise ShapeError(f"Unroll({type(self.cell).__name__}): the state has structure "
+                             f"{describe_structure(state)}, but the cell expects "
+                             f"{describe_structure(expected)} for batch size {B}")
+        return state
+
+    def extra_repr(self):
+        return f"batch_first={self.batch_first}"
