@@ -1,6 +1,6 @@
 """tinygrad_rnn: a small autograd engine on which recurrent networks are their equations."""
 
-from . import autograd, kernels, nn, ops, rnn
+from . import autograd, kernels, nn, ops, optim, rnn
 from .autograd import ShapeError, enable_grad, is_grad_enabled, no_grad
 from .nn.init import manual_seed
 from .rnn import (
@@ -16,6 +16,7 @@ from .rnn import (
     detach_state,
     generate,
 )
+from .serialization import CheckpointError, load, save
 from .tensor import (
     Tensor,
     cat,
@@ -38,6 +39,10 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Heavier or optional submodules load on first use, keeping `import tinygrad_rnn` fast.
     import importlib
-    if name in ("testing",):
+    if name in ("testing", "interop"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "inspect":
+        return importlib.import_module(".inspect", __name__)
+    if name == "detect_anomaly":
+        return importlib.import_module(".inspect", __name__).detect_anomaly
     raise AttributeError(f"module 'tinygrad_rnn' has no attribute {name!r}")

@@ -141,11 +141,12 @@ class MatMul(Function):
         # General case: lift 1-D operands to matrices, then reduce the broadcast batch dims.
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
+        # b's axis first: for 1-D @ 1-D, g is 0-d and has no axis -2 until it has one.
         g2 = g
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
         if b.ndim == 1:
             g2 = np.expand_dims(g2, -1)
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
         ga = gb = None
         if need_a:
             ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
@@ -331,8 +332,10 @@ class Transpose(Function):
                 f"{arrays[0].ndim} axes of shape {arrays[0].shape}")
 
     def forward(self, a, axes):
-        self.axes = axes
-        return np.transpose(a, axes)
+        out = np.transpose(a, axes)   # validates axes
+        # backward's argsort inverts the permutation only when the axes are non-negative
+        self.axes = tuple(int(ax) % a.ndim for ax in axes)
+        return out
 
     def backward(self, g):
         return (np.transpose(g, np.argsort(self.axes)),)
@@ -404,7 +407,15 @@ class Split(Function):
 
     def forward(self, a, sizes, axis):
         self.shape, self.dtype, self.axis, self.sizes = a.shape, a.dtype, axis, sizes
-        return tuple(np.split(a, np.cumsum(sizes)[:-1], axis=axis))
+        # Plain slicing: np.split's Python-level bookkeeping costs more than the views it makes.
+        index = [slice(None)] * a.ndim
+        pieces = []
+        start = 0
+        for size in sizes:
+            index[axis] = slice(start, start + size)
+            pieces.append(a[tuple(index)])
+            start += size
+        return tuple(pieces)
 
     def backward(self, *grads):
         parts = []
@@ -425,7 +436,9 @@ class Unbind(Function):
         return tuple(moved[i] for i in range(moved.shape[0]))
 
     def backward(self, *grads):
-        out = np.zeros(self.shape, dtype=self.dtype)
+        # Zero-fill only if some slice gets no gradient; otherwise every element is written.
+        every_slice = all(g is not None for g in grads)
+        out = (np.empty if every_slice else np.zeros)(self.shape, dtype=self.dtype)
         moved = np.moveaxis(out, self.axis, 0)      # a view: writes land in out
         for i, g in enumerate(grads):
             if g is not None:

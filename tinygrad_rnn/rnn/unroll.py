@@ -22,6 +22,14 @@ def check_lengths(lengths, T, B, who):
     return arr
 
 
+def _notify_step(unroll, t, out, state):
+    # Observers that define on_step (the BPTT ledger) learn each step's output and state.
+    for obs in list(autograd._observers):
+        on_step = getattr(obs, "on_step", None)
+        if on_step is not None:
+            on_step(unroll, t, out, state)
+
+
 class Unroll(Module):
     """Run ``cell`` over a sequence: ``(ys, final_state) = Unroll(cell)(xs, state, lengths)``.
 
@@ -52,17 +60,21 @@ class Unroll(Module):
         observing = autograd.observing()
         prev_step = autograd.scope.get("step")
         outputs = []
-        for t, x_t in enumerate(xs.unbind(0)):
-            if observing:
-                autograd.scope["step"] = t
-            out, new_state = cell(x_t, state)
-            if lengths is not None and not full[t]:
-                # Finished sequences keep their state and emit zeros.
-                m = masks[t]
-                new_state = tree_map(lambda new, old, m=m: where(m, new, old), new_state, state)
-                out = tree_map(lambda o, m=m: where(m, o, np.zeros((), o.dtype)), out)
-            state = new_state
-            outputs.append(out)
+        # The tape grows by a dozen nodes a step: keep the cyclic GC from re-scanning it.
+        with autograd.gc_paused(keep_new_objects=True):
+            for t, x_t in enumerate(xs.unbind(0)):
+                if observing:
+                    autograd.scope["step"] = t
+                out, new_state = cell(x_t, state)
+                if lengths is not None and not full[t]:
+                    # Finished sequences keep their state and emit zeros.
+                    m = masks[t]
+                    new_state = tree_map(lambda new, old, m=m: where(m, new, old), new_state, state)
+                    out = tree_map(lambda o, m=m: where(m, o, np.zeros((), o.dtype)), out)
+                state = new_state
+                outputs.append(out)
+                if observing:
+                    _notify_step(self, t, out, state)
         if observing:
             autograd.scope.pop("step", None)
             if prev_step is not None:

@@ -32,17 +32,19 @@ def _inward(value, width, up):
     if width == 64:
         return float(value)
     v = np.float32(value)
-    if (up and v < value) or (not up and v > value):
+    # float(v): numpy would compare a float32 scalar with a Python float in float32
+    if (up and float(v) < value) or (not up and float(v) > value):
         v = np.nextafter(v, np.float32(np.inf if up else -np.inf))
     return float(v)
 
 
-def elements(low=-2.0, high=2.0, away_from_zero=0.0, dtype=np.float64):
+def elements(low=-2.0, high=2.0, away_from_zero=0.0, dtype=np.float64, allow_subnormal=None):
     """Floats in [low, high], excluding (-away_from_zero, away_from_zero)."""
     width = 32 if np.dtype(dtype) == np.float32 else 64
 
     def floats(lo, hi):
-        return st.floats(_inward(lo, width, up=True), _inward(hi, width, up=False), width=width)
+        return st.floats(_inward(lo, width, up=True), _inward(hi, width, up=False), width=width,
+                         allow_subnormal=allow_subnormal)
 
     if away_from_zero <= 0:
         return floats(low, high)

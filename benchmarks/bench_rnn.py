@@ -1,0 +1,264 @@
+"""RNN, LSTM and GRU forward+backward through ``Unroll``, against numpy and PyTorch.
+
+For every cell x size it times one forward+backward of ``Unroll(cell)(xs)`` with a fixed
+cotangent on the outputs (``ys.backward(dys)``; parameter gradients only, ``xs`` does not
+require grad) and the same job done by
+
+* ``numpy``: the hand-written BPTT of ``numpy_bptt.py`` (no tape at all: the arithmetic floor
+  of the same equations, step by step);
+* ``torch eager``: the same equations with torch ops in a Python loop (``torch_eager.py``):
+  a tape, one op at a time, exactly our job;
+* ``torch.nn``: ``torch.nn.RNN/LSTM/GRU`` (a fused C++ loop), for reference.
+
+Times are medians over ``--repeats`` runs after ``--warmup`` runs. Each family runs in a
+worker process of its own (ours and numpy share one and alternate run by run, so a noisy
+neighbour hits both alike), so thread pools never share a process. Every worker gets the
+same environment:
+
+* ``--threads`` (default 1) for OMP/OpenBLAS/MKL/Numba and ``torch.set_num_threads``;
+* glibc's malloc told to keep freed memory (``MALLOC_TRIM_THRESHOLD_``,
+  ``MALLOC_MMAP_THRESHOLD_``; ``--no-malloc-pin`` to leave it alone). By default glibc hands
+  the heap back to the OS whenever 128 KiB sit free at its top, and whether that happens
+  after each backward depends on what the process allocated before: the same LSTM at size
+  M measured 48 or 70 ms in one process or the other, all of it page faults. See
+  benchmarks/README.md.
+
+Before timing, each row checks that our gradients equal the baseline's (the ``grad err``
+column: relative error of all parameter gradients).
+
+    python benchmarks/bench_rnn.py                       # everything (a few minutes)
+    python benchmarks/bench_rnn.py --quick               # S and M, 3 repeats
+    python benchmarks/bench_rnn.py --cells lstm --sizes M,long --repeats 15 --clock cpu
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+# (T, B, I, H): sequence length, batch, input size, hidden size.
+SIZES = {"S": (50, 16, 16, 32), "M": (100, 32, 64, 128), "L": (100, 64, 256, 512),
+         "long": (2000, 8, 8, 32)}
+CELL_NAMES = ("rnn", "lstm", "gru")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# Keep up to 1 GiB of freed heap, and serve allocations below 32 MiB from the heap (setting
+# either variable switches off glibc's adaptive thresholds, so both are set).
+MALLOC_VARS = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
+    p.add_argument("--sizes", default="S,M,L,long", help="comma-separated: " + ", ".join(SIZES))
+    p.add_argument("--float64-sizes", default="M",
+                   help="sizes also run in float64, for reference ('' for none)")
+    p.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/torch threads for everyone")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall: time.perf_counter; cpu: time.process_time (the worker's CPU time, "
+                        "steadier on a machine shared with other jobs; equal to wall time when idle "
+                        "and single-threaded)")
+    p.add_argument("--no-malloc-pin", action="store_true",
+                   help="leave glibc's heap trimming at its defaults (see the module docstring)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    p.add_argument("--quick", action="store_true", help="sizes S,M only, 3 repeats, 1 warmup, no float64")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)   # internal: see run_worker
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    if args.quick:
+        args.sizes, args.float64_sizes, args.repeats, args.warmup = "S,M", "", 3, 1
+    args.cells = _choices(args.cells, CELL_NAMES, "--cells")
+    args.sizes = _choices(args.sizes, SIZES, "--sizes")
+    args.float64_sizes = _choices(args.float64_sizes, SIZES, "--float64-sizes")
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def _choices(text, allowed, flag):
+    picked = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in picked if s not in allowed]
+    if bad:
+        raise SystemExit(f"bench_rnn: {flag}: unknown {bad}; choose from {', '.join(allowed)}")
+    return picked
+
+
+def worker_env(args):
+    """The environment every worker runs in (read by numpy, torch and glibc at start-up)."""
+    env = os.environ.copy()
+    for var in THREAD_VARS:
+        env[var] = str(args.threads)
+    if not args.no_malloc_pin:
+        env.update(MALLOC_VARS)
+    return env
+
+
+def jobs(args):
+    out = []
+    for cell in args.cells:
+        for size in args.sizes:
+            out.append({"cell": cell, "size": size, "dtype": "float32"})
+        for size in args.float64_sizes:
+            out.append({"cell": cell, "size": size, "dtype": "float64"})
+    for job in out:
+        job.update(zip("TBIH", SIZES[job["size"]]))
+    return out
+
+
+# --- ours and numpy: the worker ---------------------------------------------------------------
+
+def make_pair(job):
+    """(ours, numpy_baseline, grad_error): two no-argument forward+backward functions on the
+    same weights and data, and the relative error between their parameter gradients."""
+    import numpy as np
+
+    import numpy_bptt
+    import tinygrad_rnn as tg
+
+    dtype = np.dtype(job["dtype"])
+    T, B, I, H = job["T"], job["B"], job["I"], job["H"]
+    rng = np.random.default_rng(0)
+    xs_np = rng.standard_normal((T, B, I)).astype(dtype)
+    dys = rng.standard_normal((T, B, H)).astype(dtype)
+    tg.manual_seed(0)
+    cell = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[job["cell"]](I, H, dtype=dtype)
+    rnn = tg.Unroll(cell)
+    xs = tg.Tensor(xs_np)
+    params = cell.parameters()
+    weights = [cell.weight_ih.data, cell.weight_hh.data, cell.bias_ih.data, cell.bias_hh.data]
+    baseline = numpy_bptt.FORWARD_BACKWARD[job["cell"]]
+
+    def ours():
+        for p in params:
+            p.grad = None
+        ys, _ = rnn(xs)
+        ys.backward(dys)
+
+    def numpy_baseline():
+        return baseline(xs_np, dys, *weights)
+
+    ours()
+    _, grads = numpy_baseline()
+    ref = np.concatenate([grads[name].ravel() for name, _ in cell.named_parameters()])
+    got = np.concatenate([p.grad.ravel() for p in params])
+    error = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    return ours, numpy_baseline, error
+
+
+def time_interleaved(fns, warmup, repeats, clock="wall"):
+    """Median and minimum milliseconds of each function, runs alternating between them."""
+    now = CLOCKS[clock]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = now()
+            fn()
+            ts.append(now() - t0)
+    return [(1e3 * sorted(ts)[len(ts) // 2], 1e3 * min(ts)) for ts in times]
+
+
+def worker(spec):
+    """Time ours and the numpy baseline for every job; one JSON line per job on stdout."""
+    sys.path.insert(0, str(HERE))
+    for job in spec["jobs"]:
+        ours, baseline, error = make_pair(job)
+        (ours_ms, _), (numpy_ms, _) = time_interleaved([ours, baseline], spec["warmup"],
+                                                        spec["repeats"], spec["clock"])
+        print(f"  {job['cell']:4} {job['size']:4} {job['dtype']}: ours {ours_ms:.1f} ms, "
+              f"numpy {numpy_ms:.1f} ms", file=sys.stderr, flush=True)
+        if error > (1e-4 if job["dtype"] == "float32" else 1e-10):
+            print(f"bench_rnn: WARNING: {job['cell']} {job['size']}: our gradients differ from the "
+                  f"numpy baseline's (relative error {error:.1e})", file=sys.stderr)
+        print(json.dumps({**job, "ours_ms": ours_ms, "numpy_ms": numpy_ms, "grad_err": error}),
+              flush=True)
+
+
+# --- one subprocess per family ----------------------------------------------------------------
+
+def run_worker(command, spec, env, what):
+    """Run a worker with ``spec`` (JSON) and return its results keyed by (cell, size, dtype)."""
+    proc = subprocess.run(command + [json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"bench_rnn: the {what} worker failed (exit {proc.returncode})", file=sys.stderr)
+        return {}
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return {(r["cell"], r["size"], r["dtype"]): r for r in rows}
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def _ms(x):
+    return "n/a" if x is None else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _ratio(a, b):
+    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+
+
+def table(rows):
+    head = ("| cell | size (T,B,I,H) | dtype | ours ms | numpy BPTT ms | torch eager ms | torch.nn ms "
+            "| ours/numpy | ours/torch eager | grad err |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        size = f"{r['size']} ({r['T']},{r['B']},{r['I']},{r['H']})"
+        err = "n/a" if r["grad_err"] is None else f"{r['grad_err']:.1e}"
+        lines.append(f"| {r['cell']} | {size} | {r['dtype']} | {_ms(r['ours_ms'])} | {_ms(r['numpy_ms'])} "
+                     f"| {_ms(r['torch_eager_ms'])} | {_ms(r['torch_nn_ms'])} "
+                     f"| {_ratio(r['ours_ms'], r['numpy_ms'])} "
+                     f"| {_ratio(r['ours_ms'], r['torch_eager_ms'])} | {err} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    all_jobs = jobs(args)
+    env = worker_env(args)
+    base_spec = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
+                 "clock": args.clock, "jobs": all_jobs}
+
+    ours = run_worker([sys.executable, __file__, "--worker"], base_spec, env, "ours+numpy")
+    families = {}
+    if importlib.util.find_spec("torch") is not None and not args.no_torch:
+        for family in ("eager", "nn"):
+            print(f"  torch {family} ...", file=sys.stderr, flush=True)
+            families[family] = run_worker([sys.executable, str(HERE / "torch_eager.py")],
+                                          {**base_spec, "family": family}, env, f"torch {family}")
+
+    rows = []
+    for job in all_jobs:
+        key = (job["cell"], job["size"], job["dtype"])
+        mine = ours.get(key, {})
+        rows.append({**job, "ours_ms": mine.get("ours_ms"), "numpy_ms": mine.get("numpy_ms"),
+                     "grad_err": mine.get("grad_err"),
+                     "torch_eager_ms": families.get("eager", {}).get(key, {}).get("median_ms"),
+                     "torch_nn_ms": families.get("nn", {}).get(key, {}).get("median_ms")})
+
+    import numpy as np
+    malloc = "glibc defaults" if args.no_malloc_pin else \
+        ", ".join(f"{k}={v}" for k, v in MALLOC_VARS.items())
+    print(f"\nforward+backward through Unroll, median of {args.repeats} runs after {args.warmup} warmup; "
+          f"{args.clock} clock; threads={args.threads}; malloc: {malloc}; numpy {np.__version__}, "
+          f"{os.cpu_count()} cores\n")
+    print(table(rows))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

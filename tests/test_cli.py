@@ -1,0 +1,265 @@
+"""The `tinygrad-rnn` train / sample / bench commands, run in-process on tiny budgets: the
+model learns, resume is bit-identical (also after Ctrl-C), a custom cell trains by import
+path, and bad input or checkpoints fail clearly."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+
+import tinygrad_rnn as tg
+from tinygrad_rnn import nn
+from tinygrad_rnn.cli import main
+from tinygrad_rnn.training import corpus
+
+TINY = ["--hidden", "16", "--embed", "8", "--seq-len", "16", "--batch", "4", "--lr", "0.01",
+        "--eval-every", "10", "--sample-length", "20", "--no-progress"]
+
+
+class MGUCell(tg.Cell):
+    """Minimal gated unit, the DESIGN's custom cell: trained below by --cell <module>:MGUCell."""
+
+    def __init__(self, input_size, hidden_size):
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.W_f = nn.Linear(input_size + hidden_size, hidden_size)
+        self.W_h = nn.Linear(input_size + hidden_size, hidden_size)
+
+    def init_state(self, batch_size):
+        return tg.zeros(batch_size, self.hidden_size)
+
+    def forward(self, x, h):
+        f = self.W_f(tg.cat([x, h], axis=-1)).sigmoid()
+        h_tilde = self.W_h(tg.cat([x, f * h], axis=-1)).tanh()
+        h = (1 - f) * h + f * h_tilde
+        return h, h
+
+
+class BlowUpCell(MGUCell):
+    """Turns non-finite on its 40th step (the third training window of 16 steps)."""
+
+    calls = 0
+
+    def forward(self, x, h):
+        BlowUpCell.calls += 1
+        out, h = super().forward(x, h)
+        if BlowUpCell.calls >= 40:
+            out = out * np.float32(np.inf)
+        return out, h
+
+
+class NotACell:
+    def __init__(self, input_size, hidden_size):
+        pass
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """About 8,000 characters of Python source (the start of the stdlib's textwrap.py)."""
+    path = tmp_path_factory.mktemp("text") / "tiny.py"
+    with open(f"{corpus.stdlib_dir()}/textwrap.py", encoding="utf-8") as f:
+        path.write_text(f.read()[:8000], encoding="utf-8")
+    return str(path)
+
+
+def train(tmp_path, text_file, *extra, name="run"):
+    ckpt, metrics = tmp_path / f"{name}.npz", tmp_path / f"{name}.json"
+    code = main(["train", "--text", text_file, *TINY, "--checkpoint", str(ckpt),
+                 "--metrics-out", str(metrics), *extra])
+    return code, ckpt, (json.loads(metrics.read_text()) if metrics.exists() else None)
+
+
+def test_train_learns_and_reports_metrics(tmp_path, text_file, capsys):
+    code, ckpt, m = train(tmp_path, text_file, "--steps", "40")
+    assert code == 0
+    losses = m["train_loss"]
+    assert m["steps"] == 40 and len(losses) == 40
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5      # nats per character
+    assert np.mean(losses[:3]) == pytest.approx(np.log(m["vocab_size"]), abs=0.3)   # uniform start
+    assert [v["step"] for v in m["validation"]] == [10, 20, 30, 40]
+    assert m["final_val_bits_per_char"] == m["validation"][-1]["bits_per_char"]
+    assert m["validation"][-1]["bits_per_char"] < m["validation"][0]["bits_per_char"]
+    assert m["unigram_bits_per_char"] > 3 and m["tokens_per_s"] > 0 and m["wall_time_s"] > 0
+    out = capsys.readouterr().out
+    assert "unigram baseline" in out and f"checkpoint saved to '{ckpt}'" in out
+    saved = tg.load(ckpt)
+    assert saved["trainer"]["step"] == 40 and saved["config"]["cell"] == "lstm"
+
+
+def test_resume_is_bit_identical(tmp_path, text_file):
+    """2N steps in one go == N steps, then --resume to 2N: same losses, weights, optimizer
+    moments and carried state. The tiny text wraps around (epochs) inside the run."""
+    code, full_ckpt, full = train(tmp_path, text_file, "--steps", "50", name="full")
+    assert code == 0
+    code, half_ckpt, _ = train(tmp_path, text_file, "--steps", "25", name="half")
+    assert code == 0
+    code = main(["train", "--resume", "--steps", "50", "--checkpoint", str(half_ckpt),
+                 "--metrics-out", str(tmp_path / "resumed.json"), "--no-progress",
+                 "--eval-every", "10", "--sample-length", "20"])
+    assert code == 0
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["train_loss"] == full["train_loss"]
+    assert resumed["final_val_bits_per_char"] == full["final_val_bits_per_char"]
+    assert_same_checkpoint(tg.load(full_ckpt), tg.load(half_ckpt))
+
+
+def assert_same_checkpoint(a, b):
+    for k in a["model"]:
+        np.testing.assert_array_equal(a["model"][k], b["model"][k], err_msg=k)
+    for i, s in a["optimizer"]["state"].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(v, b["optimizer"]["state"][i][k])
+    ha = tg.rnn.cell.tree_leaves(a["trainer"]["hidden"])
+    hb = tg.rnn.cell.tree_leaves(b["trainer"]["hidden"])
+    assert len(ha) == len(hb) == 2                   # one LSTM layer: (h, c)
+    for x, y in zip(ha, hb):
+        np.testing.assert_array_equal(x, y)
+    assert a["trainer"]["step"] == b["trainer"]["step"]
+    assert a["trainer"]["rng_sample"] == b["trainer"]["rng_sample"]
+
+
+def test_ctrl_c_checkpoints_and_resume_continues_exactly(tmp_path, text_file, monkeypatch, capsys):
+    code, full_ckpt, full = train(tmp_path, text_file, "--steps", "30", name="full")
+    assert code == 0
+    calls = {"n": 0}
+    clip = tg.optim.clip_grad_norm
+
+    def clip_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:                 # Ctrl-C arrives in the middle of step 12
+            signal.raise_signal(signal.SIGINT)
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(tg.optim, "clip_grad_norm", clip_then_interrupt)
+    code, ckpt, m = train(tmp_path, text_file, "--steps", "30", name="cut")
+    monkeypatch.undo()
+    assert code == 130
+    assert m["status"] == "interrupted" and m["steps"] == 12       # the step in flight finished
+    assert "interrupted at step 12" in capsys.readouterr().out
+    assert tg.load(ckpt)["trainer"]["step"] == 12
+    code = main(["train", "--resume", "--checkpoint", str(ckpt), "--no-progress", "--eval-every", "10",
+                 "--sample-length", "20", "--metrics-out", str(tmp_path / "after.json")])
+    assert code == 0
+    after = json.loads((tmp_path / "after.json").read_text())
+    assert after["train_loss"] == full["train_loss"]
+    assert_same_checkpoint(tg.load(full_ckpt), tg.load(ckpt))
+
+
+def test_custom_cell_by_import_path(tmp_path, text_file):
+    spec = f"{__name__}:MGUCell"
+    code, ckpt, m = train(tmp_path, text_file, "--cell", spec, "--steps", "30", "--layers", "2")
+    assert code == 0
+    assert np.mean(m["train_loss"][-5:]) < np.mean(m["train_loss"][:5]) - 0.3
+    saved = tg.load(ckpt)
+    assert saved["config"]["cell"] == spec
+    assert "rnn.cell.cells.1.W_f.weight" in saved["model"]
+    assert saved["model"]["rnn.cell.cells.0.W_h.weight"].dtype == np.float32
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_divergence_stops_with_a_clear_error(tmp_path, text_file, capsys):
+    BlowUpCell.calls = -1                     # the dry step that checks the cell
+    code, ckpt, m = train(tmp_path, text_file, "--cell", f"{__name__}:BlowUpCell", "--steps", "10",
+                          "--eval-every", "0")
+    assert code == 1
+    assert "training diverged at step 3: the loss is nan" in capsys.readouterr().err
+    assert m["status"] == "diverged" and m["steps"] == 2 and len(m["train_loss"]) == 2
+    assert not ckpt.exists()                  # nothing half-broken was saved
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nosuchmodule_xyz:Cell", "cannot import module 'nosuchmodule_xyz'"),
+    (f"{__name__}:Missing", "has no attribute 'Missing'"),
+    (f"{__name__}:NotACell", "is not a subclass of tinygrad_rnn.Cell"),
+    ("transformer", "expected rnn, lstm, gru or package.module:ClassName"),
+])
+def test_bad_cell_spec(tmp_path, text_file, capsys, spec, message):
+    code, _, _ = train(tmp_path, text_file, "--cell", spec, "--steps", "2")
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "binary"])
+def test_bad_text_is_a_clear_error(tmp_path, capsys, kind):
+    path = tmp_path / "data.txt"
+    if kind == "empty":
+        path.write_text("")
+    elif kind == "binary":
+        path.write_bytes(b"\x7fELF\x02\x01\x01\0\0\0" * 100)
+    code = main(["train", "--text", str(path), "--steps", "1", "--checkpoint", str(tmp_path / "c.npz")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "data.txt" in err and {"missing": "does not exist", "empty": "is empty",
+                                  "binary": "looks binary"}[kind] in err
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_text_too_short_for_the_batch(tmp_path, capsys):
+    path = tmp_path / "short.txt"
+    path.write_text("abc\n" * 20)
+    code = main(["train", "--text", str(path), "--batch", "32", "--seq-len", "50",
+                 "--checkpoint", str(tmp_path / "c.npz")])
+    assert code == 2
+    assert "too short for --batch 32 x --seq-len 50" in capsys.readouterr().err
+
+
+def test_resume_errors(tmp_path, text_file, capsys):
+    code = main(["train", "--resume", "--checkpoint", str(tmp_path / "none.npz")])
+    assert code == 2 and "no checkpoint at" in capsys.readouterr().err
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "3")
+    assert code == 0
+    capsys.readouterr()
+    code = main(["train", "--resume", "--checkpoint", str(ckpt), "--hidden", "32"])
+    assert code == 2 and "--hidden 32 (checkpoint: 16)" in capsys.readouterr().err
+    other = tmp_path / "other.txt"
+    other.write_text(open(text_file, encoding="utf-8").read()[::-1])
+    code = main(["train", "--resume", "--checkpoint", str(ckpt), "--text", str(other)])
+    assert code == 2 and "--text" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.npz"
+    tg.save({"model": {}}, foreign)
+    code = main(["train", "--resume", "--checkpoint", str(foreign)])
+    assert code == 2 and "not a language-model checkpoint" in capsys.readouterr().err
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    code = main(["sample", "--checkpoint", str(truncated)])
+    assert code == 2 and "truncated.npz' is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_mismatched_weights_in_a_checkpoint(tmp_path, text_file, capsys):
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "2")
+    saved = tg.load(ckpt)
+    saved["config"]["hidden"] = 24                   # config and weights disagree
+    tg.save(saved, ckpt)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the model" in err and "has shape" in err
+
+
+def test_sample_from_checkpoint(tmp_path, text_file, capsys):
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "20")
+    assert code == 0
+    capsys.readouterr()
+    args = ["sample", "--checkpoint", str(ckpt), "--prime", "def ", "--length", "50"]
+    assert main(args + ["--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert main(args + ["--seed", "3"]) == 0
+    assert capsys.readouterr().out == first               # seeded: reproducible
+    assert first.startswith("def ") and len(first) == len("def ") + 50 + 1
+    vocab = set(tg.load(ckpt)["vocab"])
+    assert set(first[4:-1]) <= vocab                      # never the unknown symbol
+    assert main(args + ["--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert main(args + ["--temperature", "0", "--seed", "99"]) == 0
+    assert capsys.readouterr().out == greedy              # greedy ignores the seed
+    assert main(["sample", "--checkpoint", str(ckpt), "--temperature", "-1"]) == 2
+    assert main(["sample", "--checkpoint", str(tmp_path / "nope.npz")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_bench_prints_a_row_per_cell(capsys):
+    assert main(["bench", "--seq-len", "5", "--batch", "2", "--input", "3", "--hidden", "4",
+                 "--repeats", "1"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == ["rnn", "lstm", "gru"]
+    assert main(["bench", "--cells", "lstm,transformer"]) == 2
