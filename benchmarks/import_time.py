@@ -91,20 +91,21 @@ def main():
     try:
         warm_dir = os.path.join(scratch, "warm")
         run_child(ALL_KERNELS, warm_dir)         # fill the warm cache once
-        for label, stmt, cache in CASES:
-            inner, wall = [], []
-            for i in range(args.repeat):
-                cache_dir = warm_dir
+        # Round-robin: every repetition runs every case once, so that a change of load on
+        # the machine during the run shifts all rows alike instead of a few.
+        inner = {label: [] for label, _, _ in CASES}
+        wall = {label: [] for label, _, _ in CASES}
+        for i in range(args.repeat):
+            for j, (label, stmt, cache) in enumerate(CASES):
+                cache_dir = os.path.join(scratch, "unused") if cache is None else warm_dir
                 if cache == "cold":
-                    cache_dir = os.path.join(scratch, f"cold{i}-{len(inner)}-{label[:12]}")
-                    shutil.rmtree(cache_dir, ignore_errors=True)
-                elif cache is None:
-                    cache_dir = os.path.join(scratch, "unused")
+                    cache_dir = os.path.join(scratch, f"cold-{i}-{j}")
                 t_in, t_wall = run_child(stmt, cache_dir)
-                inner.append(t_in)
-                wall.append(t_wall)
-            print(f"| {label} | {statistics.median(inner) * 1e3:.0f} | "
-                  f"{statistics.median(wall) * 1e3:.0f} |", flush=True)
+                inner[label].append(t_in)
+                wall[label].append(t_wall)
+        for label, _, _ in CASES:
+            print(f"| {label} | {statistics.median(inner[label]) * 1e3:.0f} | "
+                  f"{statistics.median(wall[label]) * 1e3:.0f} |", flush=True)
         print("\nWhere the first-use time goes, one child process (median ms):")
         print("\n| cache | import tinygrad_rnn | import numba | first kernel | "
               "each further kernel (mean of 5) |")

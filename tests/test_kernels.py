@@ -197,10 +197,10 @@ def test_numba_switch_spellings():
         "for v in ['0', 'false', 'OFF', ' no ', '1', 'yes', '']:\n"
         "    os.environ['TINYGRAD_RNN_NUMBA'] = v\n"
         "    out[v] = importlib.reload(kernels).NUMBA_ENABLED\n"
-        "print(out)\n"
+        "import json; print(json.dumps(out))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert eval(out.stdout) == {"0": False, "false": False, "OFF": False, " no ": False,
+    assert json.loads(out.stdout) == {"0": False, "false": False, "OFF": False, " no ": False,
                                 "1": True, "yes": True, "": True}

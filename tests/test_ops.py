@@ -37,6 +37,28 @@ def check(fn, ref, *inputs):
     check_vjp(fn, *inputs)
 
 
+@contextlib.contextmanager
+def kernels_bound_to(backend):
+    """Bind the ops' kernels to one implementation whatever the array size: "numpy" (the
+    references), "numba" (the ufuncs, sigmoid's fused pass at every size) or "default"."""
+    names = kernels._KERNEL_NAMES
+    saved = {n: getattr(kernels, n) for n in names}
+    if backend == "numpy":
+        chosen = {n: getattr(kernels.numpy_kernels, n) for n in names}
+    elif backend == "numba":
+        chosen = {n: getattr(kernels.numba_kernels, n) for n in names}
+        chosen["sigmoid"] = kernels.numba_kernels._sigmoid_small
+    else:
+        chosen = saved
+    try:
+        for n, f in chosen.items():
+            setattr(kernels, n, f)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(kernels, n, f)
+
+
 @st.composite
 def operand_pair(draw, a_kw=None, b_kw=None):
     sa, sb = draw(S.broadcastable_shapes(2))
@@ -63,6 +85,13 @@ def test_binary_broadcast(name, data):
     fn, ref, b_kw = BINARY[name]
     a, b = data.draw(operand_pair(b_kw=b_kw))
     check(fn, ref, a, b)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@given(ab=operand_pair(b_kw={"away_from_zero": 0.5}))
+def test_div_with_each_kernel_backend(backend, ab):
+    with kernels_bound_to(backend):        # div's rhs gradient is a kernel
+        check(lambda a, b: a / b, np.divide, *ab)
 
 
 @pytest.mark.parametrize("name", sorted(BINARY))
@@ -176,28 +205,6 @@ UNARY = {
     "sqrt": (lambda a: a.sqrt(), np.sqrt, {"low": 0.2, "high": 3.0}),
     "abs": (lambda a: a.abs(), np.abs, {"away_from_zero": 0.1}),
 }
-
-
-@contextlib.contextmanager
-def kernels_bound_to(backend):
-    """Bind the ops' kernels to one implementation whatever the array size: "numpy" (the
-    references), "numba" (the ufuncs, sigmoid's fused pass at every size) or "default"."""
-    names = kernels._KERNEL_NAMES
-    saved = {n: getattr(kernels, n) for n in names}
-    if backend == "numpy":
-        chosen = {n: getattr(kernels.numpy_kernels, n) for n in names}
-    elif backend == "numba":
-        chosen = {n: getattr(kernels.numba_kernels, n) for n in names}
-        chosen["sigmoid"] = kernels.numba_kernels._sigmoid_small
-    else:
-        chosen = saved
-    try:
-        for n, f in chosen.items():
-            setattr(kernels, n, f)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(kernels, n, f)
 
 
 @pytest.mark.parametrize("backend", ["default", "numpy", "numba"])
