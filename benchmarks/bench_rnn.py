@@ -61,6 +61,10 @@ def parse_args(argv=None):
                    help="sizes also run in float64, for reference ('' for none)")
     p.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the workers this many times, taking turns (ours, torch eager, torch.nn, "
+                        "ours, ...), and report the median over rounds: fairer when the machine's "
+                        "load changes while the benchmark runs")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/torch threads for everyone")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall: time.perf_counter; cpu: time.process_time (the worker's CPU time, "
@@ -80,8 +84,8 @@ def parse_args(argv=None):
     args.cells = _choices(args.cells, CELL_NAMES, "--cells")
     args.sizes = _choices(args.sizes, SIZES, "--sizes")
     args.float64_sizes = _choices(args.float64_sizes, SIZES, "--float64-sizes")
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    if args.repeats < 1 or args.rounds < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--repeats, --rounds and --threads must be >= 1, --warmup >= 0")
     return args
 
 
@@ -121,8 +125,8 @@ def make_pair(job):
     """(ours, numpy_baseline, grad_error): two no-argument forward+backward functions on the
     same weights and data, and the relative error between their parameter gradients."""
     import numpy as np
-
     import numpy_bptt
+
     import tinygrad_rnn as tg
 
     dtype = np.dtype(job["dtype"])
@@ -232,27 +236,35 @@ def main(argv=None):
     base_spec = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
                  "clock": args.clock, "jobs": all_jobs}
 
-    ours = run_worker([sys.executable, __file__, "--worker"], base_spec, env, "ours+numpy")
-    families = {}
+    workers = {"ours": ([sys.executable, __file__, "--worker"], base_spec)}
     if importlib.util.find_spec("torch") is not None and not args.no_torch:
         for family in ("eager", "nn"):
-            print(f"  torch {family} ...", file=sys.stderr, flush=True)
-            families[family] = run_worker([sys.executable, str(HERE / "torch_eager.py")],
-                                          {**base_spec, "family": family}, env, f"torch {family}")
+            workers[family] = ([sys.executable, str(HERE / "torch_eager.py")],
+                               {**base_spec, "family": family})
+    results = {name: [] for name in workers}        # worker -> one result dict per round
+    for r in range(args.rounds):
+        for name, (command, spec) in workers.items():
+            print(f"  round {r + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
+            results[name].append(run_worker(command, spec, env, name))
+
+    def median_over_rounds(name, key, field):
+        values = sorted(res[key][field] for res in results.get(name, []) if key in res)
+        return values[len(values) // 2] if values else None
 
     rows = []
     for job in all_jobs:
         key = (job["cell"], job["size"], job["dtype"])
-        mine = ours.get(key, {})
-        rows.append({**job, "ours_ms": mine.get("ours_ms"), "numpy_ms": mine.get("numpy_ms"),
-                     "grad_err": mine.get("grad_err"),
-                     "torch_eager_ms": families.get("eager", {}).get(key, {}).get("median_ms"),
-                     "torch_nn_ms": families.get("nn", {}).get(key, {}).get("median_ms")})
+        rows.append({**job, "ours_ms": median_over_rounds("ours", key, "ours_ms"),
+                     "numpy_ms": median_over_rounds("ours", key, "numpy_ms"),
+                     "grad_err": median_over_rounds("ours", key, "grad_err"),
+                     "torch_eager_ms": median_over_rounds("eager", key, "median_ms"),
+                     "torch_nn_ms": median_over_rounds("nn", key, "median_ms")})
 
     import numpy as np
     malloc = "glibc defaults" if args.no_malloc_pin else \
         ", ".join(f"{k}={v}" for k, v in MALLOC_VARS.items())
-    print(f"\nforward+backward through Unroll, median of {args.repeats} runs after {args.warmup} warmup; "
+    print(f"\nforward+backward through Unroll, median of {args.repeats} runs after {args.warmup} warmup"
+          f"{f' (median over {args.rounds} rounds)' if args.rounds > 1 else ''}; "
           f"{args.clock} clock; threads={args.threads}; malloc: {malloc}; numpy {np.__version__}, "
           f"{os.cpu_count()} cores\n")
     print(table(rows))

@@ -27,6 +27,11 @@ def _sigmoid(x):
     return out
 
 
+def _transposes(W_ih, W_hh):
+    # Contiguous W^T once per sequence: OpenBLAS multiplies by a transposed view 20-45% slower.
+    return np.ascontiguousarray(W_ih.T), np.ascontiguousarray(W_hh.T)
+
+
 def _param_grads(W_ih, W_hh, b_ih, b_hh):
     return {"weight_ih": np.zeros_like(W_ih), "weight_hh": np.zeros_like(W_hh),
             "bias_ih": np.zeros_like(b_ih), "bias_hh": np.zeros_like(b_hh)}
@@ -36,12 +41,13 @@ def rnn_forward_backward(xs, dys, W_ih, W_hh, b_ih, b_hh, h0=None, need_dx=False
     """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``."""
     T, B, _ = xs.shape
     H = W_hh.shape[1]
+    W_ihT, W_hhT = _transposes(W_ih, W_hh)
     h = np.zeros((B, H), xs.dtype) if h0 is None else h0
     hs = [h]                                   # hs[t] is h_{t-1} of step t
     for t in range(T):
-        a = xs[t] @ W_ih.T
+        a = xs[t] @ W_ihT
         a += b_ih
-        a += h @ W_hh.T
+        a += h @ W_hhT
         a += b_hh
         h = np.tanh(a)
         hs.append(h)
@@ -72,15 +78,16 @@ def lstm_forward_backward(xs, dys, W_ih, W_hh, b_ih, b_hh, state0=None, need_dx=
     ``c_t = σ(f) c_{t-1} + σ(i) tanh(g)``, ``h_t = σ(o) tanh(c_t)``."""
     T, B, _ = xs.shape
     H = W_hh.shape[1]
+    W_ihT, W_hhT = _transposes(W_ih, W_hh)
     if state0 is None:
         h, c = np.zeros((B, H), xs.dtype), np.zeros((B, H), xs.dtype)
     else:
         h, c = state0
     hs, cs, acts, tcs = [h], [c], [], []      # acts[t]: (B, 4H) with σ(i), σ(f), tanh(g), σ(o)
     for t in range(T):
-        a = xs[t] @ W_ih.T
+        a = xs[t] @ W_ihT
         a += b_ih
-        a += h @ W_hh.T
+        a += h @ W_hhT
         a += b_hh
         act = np.empty_like(a)
         act[:, :2 * H] = _sigmoid(a[:, :2 * H])
@@ -132,12 +139,13 @@ def gru_forward_backward(xs, dys, W_ih, W_hh, b_ih, b_hh, h0=None, need_dx=False
     ``h_* = h_{t-1} W_h*^T + b_h*``."""
     T, B, _ = xs.shape
     H = W_hh.shape[1]
+    W_ihT, W_hhT = _transposes(W_ih, W_hh)
     h = np.zeros((B, H), xs.dtype) if h0 is None else h0
     hs, rzs, ns, hns = [h], [], [], []
     for t in range(T):
-        ax = xs[t] @ W_ih.T
+        ax = xs[t] @ W_ihT
         ax += b_ih
-        ah = h @ W_hh.T
+        ah = h @ W_hhT
         ah += b_hh
         rz = _sigmoid(ax[:, :2 * H] + ah[:, :2 * H])
         r, z = rz[:, :H], rz[:, H:]

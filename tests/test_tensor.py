@@ -255,3 +255,25 @@ def test_detach_shares_data_and_is_a_leaf(dtype, k):
     d = (x * 2).detach()
     assert d.is_leaf and not d.requires_grad and d.dtype == dtype
     np.testing.assert_array_equal(d.data, 2 * np.ones(k + 1))
+
+
+def test_astype_keeps_the_graph_and_casts_the_gradient_back():
+    x = tg.Tensor(np.array([0.5, -1.5, 2.0], dtype=np.float32), requires_grad=True)
+    y = x.astype(np.float64)
+    assert y.dtype == np.float64
+    (y * y * 3.0).sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad, 6.0 * x.data, rtol=1e-6)
+
+
+def test_astype_to_int_of_a_grad_tensor_is_a_clear_error():
+    x = tg.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(TypeError, match="astype"):
+        x.astype(np.int64)
+    assert x.detach().astype(np.int64).dtype == np.int64
+
+
+def test_reductions_to_a_scalar_keep_an_ndarray():
+    x = tg.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    for out in (x.sum(), x.mean(), x.max(), (x * 2).sum()):
+        assert type(out.data) is np.ndarray and out.shape == ()

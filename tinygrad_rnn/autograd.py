@@ -140,6 +140,8 @@ class Function:
             data = ctx.forward(*arrays, **attrs)
         except (ValueError, IndexError, TypeError) as exc:
             raise ShapeError(cls.describe_error(arrays, attrs, exc)) from None
+        if isinstance(data, np.generic):
+            data = np.asarray(data)     # numpy reductions return scalars; .data is always an array
         node = ctx if requires_grad else None
         make = tensors[0]._from_op
         if type(data) is tuple:

@@ -134,8 +134,12 @@ class Tensor:
         return Tensor._from_op(self.data, None, False)
 
     def astype(self, dtype):
-        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad and
-                      np.dtype(dtype).kind == "f")
+        """A copy in another dtype; gradients flow back, cast to this tensor's dtype."""
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "fc" and self.requires_grad:
+            raise TypeError(f"astype: casting a tensor that requires grad to {dtype} would cut "
+                            "the graph; detach() it first")
+        return ops.Cast.apply(self, dtype=dtype)
 
     def __repr__(self):
         body = np.array2string(self.data, precision=4, separator=", ", threshold=40,

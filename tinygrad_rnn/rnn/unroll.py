@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import autograd
+from .. import autograd, ops
 from ..autograd import ShapeError, no_grad
 from ..nn.module import Module
 from ..tensor import Tensor, stack, where
@@ -61,7 +61,8 @@ class Unroll(Module):
         prev_step = autograd.scope.get("step")
         outputs = []
         # The tape grows by a dozen nodes a step: keep the cyclic GC from re-scanning it.
-        with autograd.gc_paused(keep_new_objects=True):
+        # Every step multiplies by the same weights: transpose them once (see ops.py).
+        with autograd.gc_paused(keep_new_objects=True), ops.reuse_transposed_weights():
             for t, x_t in enumerate(xs.unbind(0)):
                 if observing:
                     autograd.scope["step"] = t
