@@ -332,3 +332,14 @@ def test_docs_cells_md_examples_run():
             continue
         exec(compile(block, "docs/cells.md", "exec"), namespace)
     namespace["test_mgu_cell"]()
+
+
+def test_calling_a_built_in_cell_with_a_wrongly_structured_state_names_it():
+    lstm, gru = tg.LSTMCell(4, 8), tg.GRUCell(4, 8)
+    x = tg.zeros(3, 4)
+    with pytest.raises(tg.ShapeError, match=r"LSTMCell: the state must be a tuple \(h, c\).*Tensor\(3, 8\)"):
+        lstm(x, tg.zeros(3, 8))
+    with pytest.raises(tg.ShapeError, match=r"GRUCell: the state must be a Tensor h"):
+        gru(x, (tg.zeros(3, 8), tg.zeros(3, 8)))
+    h, (h2, c) = lstm(x, lstm.init_state(3))
+    assert h.shape == c.shape == (3, 8) and h is h2

@@ -8,10 +8,11 @@ weights copy across both ways (``tinygrad_rnn.interop``). In the seed's notation
 
 import numpy as np
 
+from ..autograd import ShapeError
 from ..nn import init
 from ..nn.module import Parameter
-from ..tensor import linear, zeros
-from .cell import Cell, cell_dtype
+from ..tensor import Tensor, linear, zeros
+from .cell import Cell, cell_dtype, describe_structure
 
 
 class _GatedCell(Cell):
@@ -43,6 +44,19 @@ class _GatedCell(Cell):
         if self.initial_state is not None:
             states = [s + p for s, p in zip(states, self.initial_state)]
         return states[0] if self.state_size == 1 else tuple(states)
+
+    def __call__(self, x, state):
+        # A cheap structure check, so that a wrong state is named here rather than failing
+        # as a tuple-unpacking error inside the equations.
+        if self.state_size == 1:
+            well_formed = isinstance(state, Tensor)
+        else:
+            well_formed = isinstance(state, tuple) and len(state) == self.state_size
+        if not well_formed:
+            want = "a Tensor h" if self.state_size == 1 else "a tuple (h, c)"
+            raise ShapeError(f"{type(self).__name__}: the state must be {want} of shape "
+                             f"(B, {self.hidden_size}), got {describe_structure(state)}")
+        return self.forward(x, state)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias_ih is not None}"
