@@ -118,7 +118,8 @@ def test_wrong_backward_inside_a_cell_fails_gradients():
 
 def test_wrong_init_state_structure_fails_structure():
     msg = fails(lambda: TupleInitLSTM(3, 4), 3)
-    assert "came out as" in msg
+    # the built-in LSTM equations now reject the malformed state themselves, naming it
+    assert "the state must be a tuple (h, c)" in msg
 
 
 def test_init_state_without_batch_axis_fails_structure():
@@ -235,3 +236,25 @@ def test_falsifying_example_shows_the_values():
     msg = fails(lambda: SloppyRNN(2, 3), 1)
     assert "xs=[[[" in msg
     assert "state=" in msg
+
+
+class TupleInitCustomCell(tg.Cell):
+    """A user's cell (no built-in state check) whose init_state nests one level deeper than
+    the state its forward returns."""
+
+    def __init__(self, input_size, hidden_size):
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.W = tg.nn.Linear(input_size + hidden_size, hidden_size)
+
+    def init_state(self, batch_size):
+        return (tg.zeros(batch_size, self.hidden_size),)
+
+    def forward(self, x, state):
+        h = state[0] if isinstance(state, tuple) else state
+        h = self.W(tg.cat([x, h], axis=-1)).tanh()
+        return h, h
+
+
+def test_custom_cell_whose_state_changes_structure_fails_structure():
+    msg = fails(lambda: TupleInitCustomCell(3, 4), 3)
+    assert "came out as" in msg

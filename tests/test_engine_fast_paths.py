@@ -4,16 +4,22 @@ Unroll and backward pause Python's cyclic GC (and Unroll hands its new tape stra
 oldest generation); inside an unroll, ``linear`` reuses one contiguous copy of each weight's
 transpose. These tests pin down that the GC is left as it was found, that a program's own
 frozen objects stay frozen, that the copies never outlive the unroll or go stale, and that
-the multi-output bookkeeping of the walk (outputs nobody used) stays right.
+the multi-output bookkeeping of the walk (outputs nobody used) stays right; and that weight
+gradients deferred into one matrix product (``autograd.OuterProductSum``) are the same sums,
+with only arrays ever seen by hooks, ``retain_grad`` and observers.
 """
 
+import contextlib
 import gc
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
 from tinygrad_rnn import autograd, ops
+from tinygrad_rnn.inspect import ledger
 
 
 def _lstm_run(T=20, B=3, I=4, H=5, seed=0):
@@ -188,3 +194,203 @@ def test_observers_see_only_the_outputs_that_were_reached():
     finally:
         autograd.remove_observer(rec)
     assert seen == [(4, [0, 2])]
+
+
+# --- deferred weight gradients: one GEMM over all the uses' rows -----------------------------
+
+@contextlib.contextmanager
+def _deferring(everything):
+    """Defer every weight gradient (``everything``), or none: the tests' sizes are below the
+    work threshold, and both ways must give the same numbers."""
+    before = ops.DEFER_WEIGHT_GRAD_MIN_WORK
+    ops.DEFER_WEIGHT_GRAD_MIN_WORK = 0 if everything else np.inf
+    try:
+        yield
+    finally:
+        ops.DEFER_WEIGHT_GRAD_MIN_WORK = before
+
+
+def _shared_weight_loss(T, B, I, H, seed, dtype=np.float64, matmuls=True):
+    """W (H, I) used by T ``linear`` calls, once by an elementwise op and, if ``matmuls``, by
+    T ``matmul``s through ``W.T`` (a non-leaf; its array gradients interleave with the
+    deferred ones). The loss is linear in each use, so its exact gradient is a sum of per-use
+    outer products, written out below in numpy."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((B, I)).astype(dtype) for _ in range(T)]
+    Cs = [rng.standard_normal((B, H)).astype(dtype) for _ in range(T)]
+    Es = [rng.standard_normal((B, H)).astype(dtype) for _ in range(T)]
+    D = rng.standard_normal((H, I)).astype(dtype)
+    W = tg.nn.Parameter(rng.standard_normal((H, I)).astype(dtype))
+    b = tg.nn.Parameter(rng.standard_normal(H).astype(dtype))
+    loss = (W * tg.Tensor(D)).sum()
+    for x, C, E in zip(xs, Cs, Es):
+        loss = loss + (tg.linear(tg.Tensor(x), W, b) * tg.Tensor(C)).sum()
+        if matmuls:
+            loss = loss + ((tg.Tensor(x) @ W.T) * tg.Tensor(E)).sum()
+    dW = D + sum(C.T @ x for C, x in zip(Cs, xs))
+    if matmuls:
+        dW = dW + sum(E.T @ x for E, x in zip(Es, xs))
+    db = sum(C.sum(axis=0) for C in Cs)
+    return loss, W, b, dW, db
+
+
+@given(T=st.integers(1, 12), B=st.integers(1, 5), I=st.integers(1, 6), H=st.integers(1, 6),
+       seed=st.integers(0, 2**16), matmuls=st.booleans())
+def test_deferred_weight_gradients_equal_the_per_use_sums(T, B, I, H, seed, matmuls):
+    grads = []
+    for deferred in (True, False):
+        with _deferring(deferred):
+            loss, W, b, dW, db = _shared_weight_loss(T, B, I, H, seed, matmuls=matmuls)
+            loss.backward()
+        assert type(W.grad) is np.ndarray and W.grad.shape == (H, I)
+        np.testing.assert_allclose(W.grad, dW, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b.grad, db, rtol=1e-12, atol=1e-12)
+        grads.append(W.grad)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_only_products_above_the_work_threshold_are_deferred():
+    small, big = np.ones((2, 3)), np.ones((64, 64))
+    assert type(ops._weight_grad(small, small)) is np.ndarray
+    lazy = ops._weight_grad(big, big)
+    assert type(lazy) is autograd.OuterProductSum     # 64**3 multiply-adds: one stacked GEMM
+    np.testing.assert_array_equal(lazy.materialize(), np.full((64, 64), 64.0))
+
+
+@pytest.fixture
+def defer_all():
+    with _deferring(True):
+        yield
+
+
+def test_retain_graph_twice_accumulates_twice_and_float32_stays_float32(defer_all):
+    loss, W, b, dW, db = _shared_weight_loss(8, 4, 3, 5, seed=3, dtype=np.float32)
+    loss.backward(retain_graph=True)
+    once = W.grad.copy()
+    loss.backward()
+    assert W.grad.dtype == b.grad.dtype == np.float32
+    np.testing.assert_allclose(once, dW, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(W.grad, 2 * dW, rtol=1e-5, atol=1e-5)
+
+
+def test_an_lstm_weight_gradient_is_the_sum_of_its_steps(defer_all):
+    # Each step's contribution, taken by a hook on the weight seen by that step alone.
+    cell, xs = _lstm_run(T=9)
+    ys, _ = tg.Unroll(cell)(xs)
+    (ys * ys).sum().backward()
+    deferred = cell.weight_hh.grad.copy()
+
+    # The BPTT ledger (an observer) must still see one array per step, not the deferred sum.
+    cell.zero_grad()
+    with ledger({"weight_hh": cell.weight_hh}) as led:
+        ys, _ = tg.Unroll(cell)(xs)
+        (ys * ys).sum().backward()
+    np.testing.assert_allclose(cell.weight_hh.grad, deferred, rtol=1e-12, atol=1e-14)
+
+    cell.zero_grad()
+    state, outs, per_step = cell.init_state(xs.shape[1]), [], []
+    for x_t in xs.unbind(0):                       # LSTMCell.forward, but with a W_hh per step
+        w_t = cell.weight_hh * 1.0                 # a non-leaf copy: its hook sees one step
+        w_t.register_hook(lambda g: per_step.append(g.copy()))
+        h, c = state
+        gates = tg.linear(x_t, cell.weight_ih, cell.bias_ih) + tg.linear(h, w_t, cell.bias_hh)
+        i, f, g, o = gates.chunk(4, axis=-1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        outs.append(h)
+        state = (h, c)
+    (tg.stack(outs) ** 2).sum().backward()
+    np.testing.assert_allclose(cell.weight_hh.grad, deferred, rtol=1e-12, atol=1e-14)
+    assert len(per_step) == 9 and all(type(g) is np.ndarray for g in per_step)
+    np.testing.assert_allclose(deferred, sum(per_step), rtol=1e-12, atol=1e-14)
+    for t in range(9):
+        np.testing.assert_allclose(led.param_grad("weight_hh", t), per_step[8 - t], rtol=1e-10, atol=1e-14)
+
+
+def test_hooks_retain_grad_and_observers_see_arrays(defer_all):
+    rng = np.random.default_rng(4)
+    V = tg.nn.Parameter(rng.standard_normal((3, 2)))
+    W = V * 2.0                                    # a non-leaf weight
+    W.retain_grad()
+    hooked = []
+    V.register_hook(lambda g: hooked.append(g))
+    W.register_hook(lambda g: hooked.append(g))
+    in_grads = []
+
+    class Recorder:
+        def on_forward(self, ctx, inputs, out):
+            pass
+
+        def on_backward(self, ctx, out_grads, in_grads_, outs):
+            in_grads.extend(g for g in in_grads_ if g is not None)
+
+    xs = [rng.standard_normal((4, 2)) for _ in range(3)]
+    rec = Recorder()
+    autograd.add_observer(rec)
+    try:
+        loss = sum(tg.linear(tg.Tensor(x), W).sum() for x in xs)
+        loss.backward()
+    finally:
+        autograd.remove_observer(rec)
+    expected_W = sum(np.ones((4, 3)).T @ x for x in xs)
+    assert len(hooked) == 2 and all(type(g) is np.ndarray for g in hooked)
+    assert all(type(g) is np.ndarray for g in in_grads)
+    assert type(W.grad) is np.ndarray
+    np.testing.assert_allclose(W.grad, expected_W, rtol=1e-13)
+    np.testing.assert_allclose(V.grad, 2 * expected_W, rtol=1e-13)
+
+
+def test_a_hook_on_a_shared_parameter_runs_once_on_the_full_sum_and_may_replace_it(defer_all):
+    rng = np.random.default_rng(5)
+    W = tg.nn.Parameter(rng.standard_normal((3, 2)))
+    calls = []
+
+    def hook(g):
+        calls.append(g.copy())
+        return 3 * g
+
+    W.register_hook(hook)
+    xs = [rng.standard_normal((4, 2)) for _ in range(5)]
+    sum(tg.linear(tg.Tensor(x), W).sum() for x in xs).backward()
+    expected = sum(np.ones((4, 3)).T @ x for x in xs)
+    assert len(calls) == 1
+    np.testing.assert_allclose(calls[0], expected, rtol=1e-13)
+    np.testing.assert_allclose(W.grad, 3 * expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nd_inputs_no_bias_and_a_weight_that_needs_no_grad(dtype, defer_all):
+    rng = np.random.default_rng(6)
+    x = tg.Tensor(rng.standard_normal((5, 3, 4)).astype(dtype), requires_grad=True)
+    W = tg.nn.Parameter(rng.standard_normal((2, 4)).astype(dtype))
+    G = rng.standard_normal((5, 3, 2)).astype(dtype)
+    (tg.linear(x, W) * tg.Tensor(G)).sum().backward()                 # one use, bias=None
+    tol = dict(rtol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+    assert W.grad.dtype == dtype
+    np.testing.assert_allclose(W.grad, G.reshape(-1, 2).T @ x.data.reshape(-1, 4), **tol)
+    np.testing.assert_allclose(x.grad, G @ W.data, **tol)
+
+    x.grad = None
+    frozen = tg.Tensor(W.data)                                         # needs no grad
+    M = tg.Tensor(rng.standard_normal((4, 2)).astype(dtype), requires_grad=True)
+    (tg.linear(x, frozen).sum() + (x @ M).sum()).backward()
+    assert frozen.grad is None
+    np.testing.assert_allclose(M.grad, x.data.reshape(-1, 4).T @ np.ones((15, 2)), **tol)
+
+
+def test_outer_product_sum_adds_like_the_array_it_stands_for():
+    rng = np.random.default_rng(7)
+    terms = [(rng.standard_normal((3, 4)), rng.standard_normal((3, 2))) for _ in range(3000)]
+    total = None
+    for a, b in terms:                             # a 3000-deep tree: no recursion limit
+        s = autograd.OuterProductSum(a, b)
+        total = s if total is None else total + s
+    expected = sum(a.T @ b for a, b in terms)
+    assert total.shape == (4, 2) and total.dtype == np.float64
+    np.testing.assert_allclose(total.materialize(), expected, rtol=1e-10)
+    other = rng.standard_normal((4, 2))
+    np.testing.assert_allclose(other + total, other + expected, rtol=1e-10)   # ndarray first
+    np.testing.assert_allclose(total + other, other + expected, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(total), expected, rtol=1e-10)
+    with pytest.raises(tg.ShapeError, match=r"\(4, 2\) and \(2, 4\)"):
+        total + autograd.OuterProductSum(rng.standard_normal((3, 2)), rng.standard_normal((3, 4)))

@@ -6,7 +6,8 @@ the tape. It keeps its inputs (``parents``) and whatever its forward saved for b
 without recursion (a 10,000-step unroll is a 100,000-node chain), hands each node the
 gradient of its output, and sums the gradients it returns into its inputs. A leaf used
 many times (a shared RNN weight) simply receives the sum: weight sharing is gradient
-accumulation.
+accumulation. (For a weight that sum is left as factors until all uses have delivered, then
+done as one matrix product: `OuterProductSum`.)
 """
 
 import contextlib
@@ -160,6 +161,65 @@ class Function:
         self.freed = True
 
 
+# --- deferred weight gradients --------------------------------------------------------------
+
+class OuterProductSum:
+    """The weight gradient ``sum_k a_k.T @ b_k`` kept as its factors until an array is needed.
+
+    A shared weight's gradient is the sum of one small product per use (``g.T @ x`` per time
+    step, K = batch rows each); BLAS does the same sum faster as ONE product over all the
+    uses' rows stacked. So `Linear` and `MatMul` return this for a weight (when a use's
+    product is big enough to gain: ``ops.DEFER_WEIGHT_GRAD_MIN_WORK``), the walk sums it with
+    ``+`` like any gradient (two of them just join, no arithmetic), and it becomes an array
+    where one is needed: before hooks, observers, ``retain_grad`` or a node's backward see it,
+    and when a leaf receives it. The price: each use's factors stay alive until then.
+    """
+
+    __slots__ = ("a", "b", "rest")
+    __array_ufunc__ = None      # ``ndarray + this`` defers to __radd__ instead of broadcasting
+
+    def __init__(self, a, b, rest=None):
+        self.a, self.b = a, b       # this term: a.T @ b, a (K, M), b (K, N)
+        self.rest = rest            # the sum of the other terms (an OuterProductSum) or None
+
+    @property
+    def shape(self):
+        return (self.a.shape[1], self.b.shape[1])
+
+    @property
+    def dtype(self):
+        return np.result_type(*{x.dtype for term in self._terms() for x in term})
+
+    def __add__(self, other):
+        if isinstance(other, OuterProductSum):
+            if other.shape != self.shape:
+                raise ShapeError(f"gradient sum: shapes {self.shape} and {other.shape} differ")
+            total = self
+            while other is not None:      # O(terms of other): one, in the walk
+                total, other = OuterProductSum(other.a, other.b, total), other.rest
+            return total
+        return self.materialize() + other
+
+    def __radd__(self, other):
+        return other + self.materialize()
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.materialize()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def materialize(self):
+        if self.rest is None:
+            return self.a.T @ self.b
+        a_rows, b_rows = zip(*self._terms())
+        return np.concatenate(a_rows).T @ np.concatenate(b_rows)
+
+    def _terms(self):
+        term = self
+        while term is not None:     # iterative: a 2000-step sum is a 2000-long chain
+            yield term.a, term.b
+            term = term.rest
+
+
 # --- the backward walk -------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -204,6 +264,8 @@ def backward(root, grad, retain_graph=False):
     Reverse topological order by child counting (HIPS autograd): first count, for every node
     (and every leaf), how many recorded uses lead back to it; then a node runs once all its
     uses have delivered their gradients. Intermediate gradients are dropped once consumed.
+    A weight's gradient may arrive as an `OuterProductSum`; it is summed like any other and
+    made an array only when something needs one (see the class).
     """
     with gc_paused():
         _walk(root, grad, retain_graph)
@@ -224,6 +286,8 @@ def _walk(root, grad, retain_graph):
         if not isinstance(unit, Function):                # a leaf tensor
             g = grads.pop(unit, None)
             if g is not None:
+                if type(g) is OuterProductSum:            # all uses delivered: one GEMM now
+                    g = g.materialize()
                 g = _run_hooks(unit, g)
                 unit._accumulate_grad(g)
             continue
@@ -237,6 +301,8 @@ def _walk(root, grad, retain_graph):
                 g = grads.pop(t, None)
                 if g is not None:
                     flows = True
+                    if type(g) is OuterProductSum:        # a non-leaf weight: its node needs an array
+                        g = g.materialize()
                     if t._hooks or t._retain:
                         g = _finish_output_grad(t, g)
             out_grads.append(g)
@@ -244,7 +310,8 @@ def _walk(root, grad, retain_graph):
             in_grads = (None,) * len(ctx.parents)
         else:
             in_grads = ctx.backward(*out_grads)
-            if observers:
+            if observers:                                 # they read per-node arrays (the ledger)
+                in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
                 reached = [t for t in outs if t is not None]
                 for obs in observers:
                     obs.on_backward(ctx, out_grads, in_grads, reached)
