@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from .. import autograd
+from ..rnn.cell import tree_leaves
 from ..tensor import Tensor
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,11 +139,7 @@ def non_finite(arr):
     return " and ".join(k for k, flag in (("NaN", has_nan), ("inf", has_inf)) if flag)
 
 
-def state_leaves(state):
-    """The Tensors of a (nested tuple) state, in order."""
-    if isinstance(state, (tuple, list)):
-        return [leaf for part in state for leaf in state_leaves(part)]
-    return [state]
+state_leaves = tree_leaves      # the Tensors of a (nested tuple) state, in order
 
 
 def state_names(cell, state, prefix=""):
