@@ -187,3 +187,25 @@ def test_matmul_shapes_are_valid(shapes):
     sa, sb = shapes
     np.matmul(np.zeros(sa), np.zeros(sb))
     assert tg.Tensor(np.zeros(sa)) @ tg.Tensor(np.zeros(sb)) is not None
+
+
+def test_check_cell_without_hypothesis_says_what_to_install(monkeypatch):
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_hypothesis(name, *args, **kwargs):
+        if name == "hypothesis" or name.startswith("hypothesis."):
+            raise ModuleNotFoundError("No module named 'hypothesis'", name="hypothesis")
+        return real_import(name, *args, **kwargs)
+
+    import tinygrad_rnn.testing as testing
+
+    for sub in ("cells", "strategies"):     # forget the submodules, as in a fresh process
+        monkeypatch.delitem(sys.modules, f"tinygrad_rnn.testing.{sub}", raising=False)
+        monkeypatch.delattr(testing, sub, raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_hypothesis)
+    for name in ("check_cell", "strategies"):
+        with pytest.raises(ImportError, match=r"needs hypothesis: pip install 'tinygrad-rnn\[testing\]'"):
+            getattr(testing, name)

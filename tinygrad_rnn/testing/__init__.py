@@ -14,10 +14,16 @@ def __getattr__(name):
     # import_module, not `from . import strategies`: the latter asks this module for the
     # attribute first, which calls __getattr__ again and recurses forever.
     import importlib
-    if name == "check_cell":
-        return importlib.import_module(".cells", __name__).check_cell
-    if name == "strategies":
-        return importlib.import_module(".strategies", __name__)
+    if name in ("check_cell", "strategies"):
+        try:
+            module = importlib.import_module(".cells" if name == "check_cell" else ".strategies",
+                                             __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != "hypothesis":
+                raise
+            raise ImportError(f"tinygrad_rnn.testing.{name} needs hypothesis: "
+                              "pip install 'tinygrad-rnn[testing]' (or hypothesis)") from None
+        return getattr(module, name) if name == "check_cell" else module
     raise AttributeError(f"module 'tinygrad_rnn.testing' has no attribute {name!r}")
 
 
