@@ -1,5 +1,6 @@
 """Tensor: a numpy array, its gradient, and the tape node (``_ctx``) that produced it."""
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -24,7 +25,19 @@ def get_default_dtype():
     return _default_dtype
 
 
-def _as_dtype(dtype):
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """``with default_dtype(np.float64):`` sets the default dtype for the block, then restores it."""
+    before = _default_dtype
+    set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        set_default_dtype(before)
+
+
+def resolve_dtype(dtype):
+    """``dtype`` as a numpy dtype, or the default dtype when None (factories, layers, cells)."""
     return _default_dtype if dtype is None else np.dtype(dtype)
 
 
@@ -439,16 +452,16 @@ def tensor(data, requires_grad=False, dtype=None):
 
 
 def zeros(*shape, dtype=None, requires_grad=False):
-    return Tensor(np.zeros(_shape(shape), dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+    return Tensor(np.zeros(_shape(shape), dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=None, requires_grad=False):
-    return Tensor(np.ones(_shape(shape), dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+    return Tensor(np.ones(_shape(shape), dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
 
 
 def full(shape, value, dtype=None, requires_grad=False):
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return Tensor(np.full(shape, value, dtype=_as_dtype(dtype)), requires_grad=requires_grad)
+    return Tensor(np.full(shape, value, dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
 
 
 def zeros_like(t, dtype=None, requires_grad=False):
@@ -459,5 +472,5 @@ def zeros_like(t, dtype=None, requires_grad=False):
 def randn(*shape, seed=None, dtype=None, requires_grad=False):
     """Standard normal samples; ``seed`` is an int or a ``np.random.Generator``."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    data = rng.standard_normal(_shape(shape)).astype(_as_dtype(dtype), copy=False)
+    data = rng.standard_normal(_shape(shape)).astype(resolve_dtype(dtype), copy=False)
     return Tensor(data, requires_grad=requires_grad)

@@ -3,13 +3,9 @@
 import numpy as np
 
 from .. import tensor as T
-from ..tensor import Tensor, get_default_dtype
+from ..tensor import Tensor, resolve_dtype
 from . import init
 from .module import Module, Parameter
-
-
-def _dtype(dtype):
-    return np.dtype(dtype) if dtype is not None else get_default_dtype()
 
 
 class Linear(Module):
@@ -17,7 +13,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         self.in_features, self.out_features = in_features, out_features
-        dt = _dtype(dtype)
+        dt = resolve_dtype(dtype)
         bound = 1.0 / np.sqrt(in_features) if in_features else 0.0
         self.weight = init.uniform_(Parameter(np.empty((out_features, in_features), dt)), -bound, bound)
         self.bias = init.uniform_(Parameter(np.empty(out_features, dt)), -bound, bound) if bias else None
@@ -34,7 +30,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, dtype=None):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = init.normal_(Parameter(np.empty((num_embeddings, embedding_dim), _dtype(dtype))))
+        self.weight = init.normal_(Parameter(np.empty((num_embeddings, embedding_dim), resolve_dtype(dtype))))
 
     def forward(self, indices):
         idx = np.asarray(indices.data if isinstance(indices, Tensor) else indices)
@@ -63,7 +59,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             return x
         keep = init.rng().random(x.shape) >= self.p
-        return x * (keep.astype(x.dtype) / (1.0 - self.p)).astype(x.dtype)
+        return x * (keep.astype(x.dtype) / (1.0 - self.p))   # a Python float keeps float32
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -1,6 +1,5 @@
 """The cell protocol, and helpers for states that are Tensors or nested tuples of Tensors."""
 
-import numpy as np
 
 from ..nn.module import Module
 from ..tensor import Tensor
@@ -60,8 +59,3 @@ def same_structure(a, b):
         return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
                 and all(same_structure(x, y) for x, y in zip(a, b)))
     return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
-
-
-def cell_dtype(dtype):
-    from ..tensor import get_default_dtype
-    return np.dtype(dtype) if dtype is not None else get_default_dtype()

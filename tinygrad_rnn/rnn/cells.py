@@ -11,8 +11,8 @@ import numpy as np
 from ..autograd import ShapeError
 from ..nn import init
 from ..nn.module import Parameter
-from ..tensor import Tensor, linear, zeros
-from .cell import Cell, cell_dtype, describe_structure
+from ..tensor import Tensor, linear, resolve_dtype, zeros
+from .cell import Cell, describe_structure
 
 
 class _GatedCell(Cell):
@@ -28,7 +28,7 @@ class _GatedCell(Cell):
             raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be positive, "
                              f"got {input_size} and {hidden_size}")
         self.input_size, self.hidden_size = input_size, hidden_size
-        dt = cell_dtype(dtype)
+        dt = resolve_dtype(dtype)
         self.dtype = dt
         G, H, k = self.gates, hidden_size, 1.0 / np.sqrt(hidden_size)
         self.weight_ih = init.uniform_(Parameter(np.empty((G * H, input_size), dt)), -k, k)

@@ -37,7 +37,7 @@ from ..autograd import no_grad
 from ..nn import init
 from ..rnn.cell import describe_structure, detach_state, same_structure, tree_leaves, tree_map
 from ..rnn.unroll import Unroll
-from ..tensor import Tensor, get_default_dtype, set_default_dtype, stack
+from ..tensor import Tensor, default_dtype, stack
 from .gradcheck import check_vjp, gradcheck
 
 PROPERTIES = {
@@ -73,7 +73,7 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
     differences meaningless.
     """
     __tracebackhide__ = True
-    with _float64_default():
+    with default_dtype(np.float64):
         probe = _build(factory, seed=0)
         name = type(probe).__name__
         size = input_size if input_size is not None else getattr(probe, "input_size", None)
@@ -89,16 +89,6 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
 
 
 # --- building cells --------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _float64_default():
-    previous = get_default_dtype()
-    set_default_dtype(np.float64)
-    try:
-        yield
-    finally:
-        set_default_dtype(previous)
-
 
 @contextlib.contextmanager
 def _weight_seed(seed):
@@ -215,11 +205,11 @@ class _Suite:
         ]
 
     def build(self, seed):
-        with _float64_default():
+        with default_dtype(np.float64):
             return _build(self.factory, seed)
 
     def template(self, B):
-        with no_grad(), _float64_default():
+        with no_grad(), default_dtype(np.float64):
             return self.probe.init_state(B)
 
     # --- strategies ----------------------------------------------------------------------

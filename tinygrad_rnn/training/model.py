@@ -8,7 +8,6 @@ dtype (``tg.zeros``, ``nn.Linear`` without ``dtype=``): the trainer builds the m
 float32 as the default.
 """
 
-import contextlib
 import importlib
 import os
 import sys
@@ -19,24 +18,13 @@ from .. import nn
 from ..autograd import no_grad
 from ..rnn import GRUCell, LSTMCell, RNNCell, Stack, Unroll
 from ..rnn.cell import Cell
-from ..tensor import get_default_dtype, set_default_dtype, zeros
+from ..tensor import default_dtype, zeros
 
 BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 class CellSpecError(ValueError):
     """``--cell`` names no usable cell class."""
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """Run with ``dtype`` as the default of factories, layers and cells, then restore it."""
-    before = get_default_dtype()
-    set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        set_default_dtype(before)
 
 
 def resolve_cell(spec):
