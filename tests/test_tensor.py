@@ -277,3 +277,8 @@ def test_reductions_to_a_scalar_keep_an_ndarray():
     x = tg.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
     for out in (x.sum(), x.mean(), x.max(), (x * 2).sum()):
         assert type(out.data) is np.ndarray and out.shape == ()
+
+
+def test_mean_over_a_bad_axis_names_mean_and_the_shape():
+    with pytest.raises(tg.ShapeError, match=r"mean: cannot reduce shape \(2, 3\) over axis=4"):
+        tg.zeros(2, 3).mean(axis=4)

@@ -310,7 +310,7 @@ class Abs(Function):
 
 # --- reductions ----------------------------------------------------------------------------
 
-def _normalize_axis(axis, ndim, op):
+def _normalize_axis(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -336,7 +336,7 @@ class Sum(Function):
 
     def forward(self, a, axis=None, keepdims=False):
         self.shape = a.shape
-        self.axes = _normalize_axis(axis, a.ndim, "sum")
+        self.axes = _normalize_axis(axis, a.ndim)
         self.keepdims = keepdims
         return np.sum(a, axis=self.axes, keepdims=keepdims)
 
@@ -352,7 +352,7 @@ class Max(Function):
 
     def forward(self, a, axis=None, keepdims=False):
         self.a = a
-        self.axes = _normalize_axis(axis, a.ndim, "max")
+        self.axes = _normalize_axis(axis, a.ndim)
         self.keepdims = keepdims
         self.out = np.max(a, axis=self.axes, keepdims=True)
         return self.out if keepdims else np.squeeze(self.out, axis=self.axes)

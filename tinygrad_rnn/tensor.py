@@ -313,7 +313,10 @@ class Tensor:
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        axes = ops._normalize_axis(axis, self.ndim, "mean")
+        try:
+            axes = ops._normalize_axis(axis, self.ndim)
+        except ValueError as exc:     # mean is a composite: name it, as apply() does for ops
+            raise ShapeError(f"mean: cannot reduce shape {self.shape} over axis={axis}: {exc}") from None
         count = 1
         for ax in axes:
             count *= self.shape[ax]
