@@ -40,14 +40,13 @@ def check(fn, ref, *inputs):
 @contextlib.contextmanager
 def kernels_bound_to(backend):
     """Bind the ops' kernels to one implementation whatever the array size: "numpy" (the
-    references), "numba" (the ufuncs, sigmoid's fused pass at every size) or "default"."""
+    references), "numba" (the ufuncs) or "default" (the dispatchers)."""
     names = kernels._KERNEL_NAMES
     saved = {n: getattr(kernels, n) for n in names}
     if backend == "numpy":
         chosen = {n: getattr(kernels.numpy_kernels, n) for n in names}
     elif backend == "numba":
         chosen = {n: getattr(kernels.numba_kernels, n) for n in names}
-        chosen["sigmoid"] = kernels.numba_kernels._sigmoid_small
     else:
         chosen = saved
     try:
