@@ -57,6 +57,19 @@ def test_backward_through_a_freed_intermediate_raises():
         (h * 3).sum().backward()
 
 
+def test_a_freed_graph_error_leaves_every_grad_as_it_was():
+    # the walk meets the freed node after running the new part; leaves are only written
+    # once the whole walk succeeded, so no half-accumulated gradient is left behind
+    x, w = leaf(3), leaf(3)
+    h = x.tanh()
+    h.sum().backward()
+    before = x.grad.copy()
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        ((w * 2).exp() + h * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad, before)
+    assert w.grad is None
+
+
 def test_retain_graph_allows_two_backwards_and_accumulates():
     x = leaf(3, 2)
     y = (x.sigmoid() * x).sum()

@@ -12,6 +12,8 @@ done as one matrix product: `OuterProductSum`.)
 
 import contextlib
 import gc
+import heapq
+import itertools
 import threading
 
 import numpy as np
@@ -92,6 +94,11 @@ def observing():
 
 # --- Function ----------------------------------------------------------------------------
 
+# A node is created after the nodes of its inputs, so a larger number is later in every
+# path: the backward walk runs nodes in decreasing order (itertools.count is atomic).
+_sequence = itertools.count()
+
+
 class Function:
     """One primitive op: ``forward(*arrays, **attrs) -> array`` and ``backward(grad)``.
 
@@ -105,6 +112,7 @@ class Function:
     needs_input_grad = ()
     n_outputs = 1
     freed = False
+    seq = -1                 # creation order of recorded nodes: the walk's topological order
 
     def forward(self, *arrays, **attrs):
         raise NotImplementedError  # abstract: each op defines its forward
@@ -136,6 +144,7 @@ class Function:
             if requires_grad:
                 ctx.parents = tensors
                 ctx.needs_input_grad = needs
+                ctx.seq = next(_sequence)
         arrays = [t.data for t in tensors]
         try:
             data = ctx.forward(*arrays, **attrs)
@@ -261,11 +270,13 @@ def _graph_freed_error(t, ctx):
 def backward(root, grad, retain_graph=False):
     """Back-propagate ``grad`` (the gradient of some loss w.r.t. ``root``) through the tape.
 
-    Reverse topological order by child counting (HIPS autograd): first count, for every node
-    (and every leaf), how many recorded uses lead back to it; then a node runs once all its
-    uses have delivered their gradients. Intermediate gradients are dropped once consumed.
-    A weight's gradient may arrive as an `OuterProductSum`; it is summed like any other and
-    made an array only when something needs one (see the class).
+    Reverse topological order from creation order (PyTorch's engine does the same with its
+    sequence numbers): a node is created after the nodes of its inputs, so running the
+    reached nodes latest-first, from a heap, runs each one after every node that can still
+    send it a gradient, in one pass, without first counting uses. Gradients are summed per
+    node output as they arrive and dropped once the node has run; leaves receive their
+    total at the end. A weight's gradient may arrive as an `OuterProductSum`; it is summed
+    like any other and made an array only when something needs one (see the class).
     """
     with gc_paused():
         _walk(root, grad, retain_graph)
@@ -275,87 +286,58 @@ def _walk(root, grad, retain_graph):
     if root._ctx is None:
         root._accumulate_grad(_run_hooks(root, grad))
         return
-    uses, outputs = _count_uses(root)
-
-    # Pass 2: run each unit once all of its uses have delivered their gradients.
-    grads = {root: grad}       # tensor -> the sum of the gradients delivered to it so far
-    ready = [root._ctx]
+    node = root._ctx
+    n = node.n_outputs
+    # node -> (gradients summed so far, the output tensors they belong to), by output index
+    pending = {node: ([None] * n, [None] * n)}
+    pending[node][0][root._index] = grad
+    pending[node][1][root._index] = root
+    heap = [(-node.seq, node)]
+    leaf_grads = {}
     observers = list(_observers)
-    while ready:
-        unit = ready.pop()
-        if not isinstance(unit, Function):                # a leaf tensor
-            g = grads.pop(unit, None)
-            if g is not None:
-                if type(g) is OuterProductSum:            # all uses delivered: one GEMM now
-                    g = g.materialize()
-                g = _run_hooks(unit, g)
-                unit._accumulate_grad(g)
-            continue
-        ctx = unit
-        outs = outputs.pop(ctx)
-        out_grads = []
-        flows = False
-        for t in outs:
-            g = None
+    heappop, heappush = heapq.heappop, heapq.heappush
+    while heap:
+        ctx = heappop(heap)[1]
+        out_grads, outs = pending.pop(ctx)
+        if ctx.freed:
+            raise _graph_freed_error(next(t for t in outs if t is not None), ctx)
+        for i, t in enumerate(outs):
             if t is not None:
-                g = grads.pop(t, None)
-                if g is not None:
-                    flows = True
-                    if type(g) is OuterProductSum:        # a non-leaf weight: its node needs an array
-                        g = g.materialize()
-                    if t._hooks or t._retain:
-                        g = _finish_output_grad(t, g)
-            out_grads.append(g)
-        if not flows:                                     # nothing reaches this node
-            in_grads = (None,) * len(ctx.parents)
-        else:
-            in_grads = ctx.backward(*out_grads)
-            if observers:                                 # they read per-node arrays (the ledger)
-                in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
-                reached = [t for t in outs if t is not None]
-                for obs in observers:
-                    obs.on_backward(ctx, out_grads, in_grads, reached)
+                g = out_grads[i]
+                if type(g) is OuterProductSum:            # a non-leaf weight: its node needs an array
+                    g = out_grads[i] = g.materialize()
+                if t._hooks or t._retain:
+                    out_grads[i] = _finish_output_grad(t, g)
+        in_grads = ctx.backward(*out_grads)
+        if observers:                                     # they read per-node arrays (the ledger)
+            in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
+            reached = [t for t in outs if t is not None]
+            for obs in observers:
+                obs.on_backward(ctx, out_grads, in_grads, reached)
         parents = ctx.parents
         if not retain_graph:
             ctx.release()
         for p, pg in zip(parents, in_grads):
-            if not p.requires_grad:
-                continue
-            if pg is not None:
-                prev = grads.get(p)
-                grads[p] = pg if prev is None else prev + pg
-            punit = p._ctx if p._ctx is not None else p
-            n = uses[punit] - 1
-            uses[punit] = n
-            if n == 0:
-                ready.append(punit)
-
-
-def _count_uses(root):
-    """Pass 1: the units of work are nodes (Function instances) and leaf tensors. Count the
-    uses of each; for each node, list its output tensors the graph holds, by output index
-    (None for an output nothing downstream of root used)."""
-    uses = {}
-    outputs = {root._ctx: [None] * root._ctx.n_outputs}
-    outputs[root._ctx][root._index] = root
-    stack = [root._ctx]
-    while stack:
-        ctx = stack.pop()
-        if ctx.freed:
-            raise _graph_freed_error(next(t for t in outputs[ctx] if t is not None), ctx)
-        for p in ctx.parents:
-            if not p.requires_grad:
+            if pg is None or not p.requires_grad:
                 continue
             pctx = p._ctx
-            unit = p if pctx is None else pctx
-            uses[unit] = uses.get(unit, 0) + 1
-            if pctx is not None:
-                outs = outputs.get(pctx)
-                if outs is None:                          # first visit of this node
-                    outs = outputs[pctx] = [None] * pctx.n_outputs
-                    stack.append(pctx)
-                outs[p._index] = p
-    return uses, outputs
+            if pctx is None:                              # a leaf: summed until the walk ends
+                prev = leaf_grads.get(p)
+                leaf_grads[p] = pg if prev is None else prev + pg
+                continue
+            entry = pending.get(pctx)
+            if entry is None:                             # first gradient to reach this node
+                n = pctx.n_outputs
+                entry = pending[pctx] = ([None] * n, [None] * n)
+                heappush(heap, (-pctx.seq, pctx))
+            grads, i = entry[0], p._index
+            prev = grads[i]
+            grads[i] = pg if prev is None else prev + pg
+            entry[1][i] = p
+    for leaf, g in leaf_grads.items():
+        if type(g) is OuterProductSum:                    # all uses delivered: one GEMM now
+            g = g.materialize()
+        leaf._accumulate_grad(_run_hooks(leaf, g))
 
 
 def _finish_output_grad(t, g):
