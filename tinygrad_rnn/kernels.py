@@ -15,6 +15,7 @@ The Numba ufuncs are built on first use (``cache=True``), so importing the packa
 not pay for compilation or even for importing numba.
 """
 
+import inspect
 import os
 
 import numpy as np
@@ -95,38 +96,45 @@ class _LazyUfunc:
     def __init__(self, py_func, signatures):
         self.py_func, self.signatures, self.ufunc = py_func, signatures, None
 
-    def __call__(self, *args):
+    def ufunc_for(self, dtype):
         if self.ufunc is None:
             from numba import vectorize
             compiled = vectorize(self.signatures, cache=True, nopython=True)(self.py_func)
             # Numba returns a DUFunc whose Python-level __call__ costs ~2 µs a call; the plain
             # numpy ufunc inside it holds the same compiled loops and costs ~0.5 µs.
             self.ufunc = getattr(compiled, "ufunc", compiled)
-        return self.ufunc(*args)
+        return self.ufunc
+
+    def __call__(self, *args):
+        return self.ufunc_for(args[0].dtype)(*args)
+
+
+class _LazySigmoid:
+    """One vectorized pass at every size (`_numba_sigmoid`): 2.5-9x faster than the numpy
+    form up to 4,096 elements, 1.5-2.4x at 32k (benchmarks/README.md)."""
+
+    ufuncs = None
+
+    def ufunc_for(self, dtype):
+        if self.ufuncs is None:
+            from . import _numba_sigmoid
+            f32, f64 = _numba_sigmoid.build()
+            self.ufuncs = {np.dtype(np.float32): f32, np.dtype(np.float64): f64}
+        return self.ufuncs[dtype]
+
+    def __call__(self, x):
+        return self.ufunc_for(x.dtype)(x)
 
 
 class numba_kernels:
-    """Numba versions of the fused arithmetic; transcendentals stay in numpy."""
+    """Numba versions of the fused arithmetic; of the transcendentals, only the sigmoid's exp."""
 
+    sigmoid = _LazySigmoid()
     tanh_backward = _LazyUfunc(_tanh_backward, _SIGNATURES_2)
     sigmoid_backward = _LazyUfunc(_sigmoid_backward, _SIGNATURES_2)
     relu_backward = _LazyUfunc(_relu_backward, _SIGNATURES_2)
     sqrt_backward = _LazyUfunc(_sqrt_backward, _SIGNATURES_2)
     div_rhs_backward = _LazyUfunc(_div_rhs_backward, _SIGNATURES_3)
-
-    _sigmoid_ufuncs = None
-
-    @staticmethod
-    def sigmoid(x):
-        # One vectorized pass at every size; 2.5-3x faster than the numpy form up to 4,096
-        # elements, 1.5x at 32k (benchmarks/README.md).
-        ufuncs = numba_kernels._sigmoid_ufuncs
-        if ufuncs is None:
-            from . import _numba_sigmoid
-            f32, f64 = _numba_sigmoid.build()
-            ufuncs = numba_kernels._sigmoid_ufuncs = {np.dtype(np.float32): f32,
-                                                      np.dtype(np.float64): f64}
-        return ufuncs[x.dtype](x)
 
 
 _KERNEL_NAMES = ("sigmoid", "tanh_backward", "sigmoid_backward", "relu_backward",
@@ -137,17 +145,37 @@ _UFUNC_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _dispatch(name):
+    """The kernel the ops call: the Numba ufunc when every argument has the same dtype,
+    float32 or float64 (its signatures), else the numpy reference. Called a few times per
+    recurrent step, so the common case is one dict lookup and one dtype comparison."""
     fast, ref = getattr(numba_kernels, name), getattr(numpy_kernels, name)
+    compiled = {}                   # dtype -> ufunc, filled by the first call of each dtype
+    get = compiled.get
 
-    def kernel(*args):
-        # The ufuncs have float32/float64 signatures only; mixed or other dtypes use numpy.
+    def first_call(*args):
         dt = args[0].dtype
-        if dt in _UFUNC_DTYPES:
-            for a in args[1:]:
-                if a.dtype != dt:
-                    return ref(*args)
-            return fast(*args)
-        return ref(*args)
+        if dt not in _UFUNC_DTYPES or any(a.dtype != dt for a in args[1:]):
+            return ref(*args)
+        compiled[dt] = fast.ufunc_for(dt)
+        return compiled[dt](*args)
+
+    arity = len(inspect.signature(ref).parameters)
+    if arity == 1:
+        def kernel(x):
+            f = get(x.dtype)
+            return f(x) if f is not None else first_call(x)
+    elif arity == 2:
+        def kernel(a, b):
+            f = get(a.dtype)
+            if f is None or b.dtype != a.dtype:
+                return first_call(a, b)
+            return f(a, b)
+    else:
+        def kernel(a, b, c):
+            f = get(a.dtype)
+            if f is None or b.dtype != a.dtype or c.dtype != a.dtype:
+                return first_call(a, b, c)
+            return f(a, b, c)
 
     kernel.__name__ = name
     return kernel

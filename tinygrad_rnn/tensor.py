@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from . import ops
+from . import autograd, ops
 from .autograd import ShapeError
 from .autograd import backward as _backward_walk
 
@@ -235,43 +235,67 @@ class Tensor:
 
     # --- arithmetic ------------------------------------------------------------------------
     def __add__(self, other):
-        return ops.Add.apply(self, self._operand(other, "add"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "add")
+        return ops.Add.apply_binary(self, other)
 
     def __radd__(self, other):
-        return ops.Add.apply(self._operand(other, "add"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "add")
+        return ops.Add.apply_binary(other, self)
 
     def __sub__(self, other):
-        return ops.Sub.apply(self, self._operand(other, "sub"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "sub")
+        return ops.Sub.apply_binary(self, other)
 
     def __rsub__(self, other):
-        return ops.Sub.apply(self._operand(other, "sub"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "sub")
+        return ops.Sub.apply_binary(other, self)
 
     def __mul__(self, other):
-        return ops.Mul.apply(self, self._operand(other, "mul"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "mul")
+        return ops.Mul.apply_binary(self, other)
 
     def __rmul__(self, other):
-        return ops.Mul.apply(self._operand(other, "mul"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "mul")
+        return ops.Mul.apply_binary(other, self)
 
     def __truediv__(self, other):
-        return ops.Div.apply(self, self._operand(other, "div"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "div")
+        return ops.Div.apply_binary(self, other)
 
     def __rtruediv__(self, other):
-        return ops.Div.apply(self._operand(other, "div"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "div")
+        return ops.Div.apply_binary(other, self)
 
     def __pow__(self, other):
-        return ops.Pow.apply(self, self._operand(other, "pow"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "pow")
+        return ops.Pow.apply_binary(self, other)
 
     def __rpow__(self, other):
-        return ops.Pow.apply(self._operand(other, "pow"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "pow")
+        return ops.Pow.apply_binary(other, self)
 
     def __neg__(self):
-        return ops.Neg.apply(self)
+        return ops.Neg.apply_unary(self)
 
     def __matmul__(self, other):
-        return ops.MatMul.apply(self, self._operand(other, "matmul"))
+        if type(other) is not Tensor:
+            other = self._operand(other, "matmul")
+        return ops.MatMul.apply_binary(self, other)
 
     def __rmatmul__(self, other):
-        return ops.MatMul.apply(self._operand(other, "matmul"), self)
+        if type(other) is not Tensor:
+            other = self._operand(other, "matmul")
+        return ops.MatMul.apply_binary(other, self)
 
     # Comparisons give plain (non-differentiable) boolean tensors, e.g. masks for where().
     def __lt__(self, other):
@@ -288,25 +312,25 @@ class Tensor:
 
     # --- pointwise ---------------------------------------------------------------------------
     def tanh(self):
-        return ops.Tanh.apply(self)
+        return ops.Tanh.apply_unary(self)
 
     def sigmoid(self):
-        return ops.Sigmoid.apply(self)
+        return ops.Sigmoid.apply_unary(self)
 
     def relu(self):
-        return ops.Relu.apply(self)
+        return ops.Relu.apply_unary(self)
 
     def exp(self):
-        return ops.Exp.apply(self)
+        return ops.Exp.apply_unary(self)
 
     def log(self):
-        return ops.Log.apply(self)
+        return ops.Log.apply_unary(self)
 
     def sqrt(self):
-        return ops.Sqrt.apply(self)
+        return ops.Sqrt.apply_unary(self)
 
     def abs(self):
-        return ops.Abs.apply(self)
+        return ops.Abs.apply_unary(self)
 
     # --- reductions ------------------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
@@ -374,11 +398,12 @@ class Tensor:
 
     def chunk(self, chunks, axis=-1):
         """Split into ``chunks`` equal pieces (the LSTM gates: ``gates.chunk(4)``)."""
-        n = self.shape[self._axis(axis, "chunk")]
+        ax = self._axis(axis, "chunk")
+        n = self.data.shape[ax]
         if chunks <= 0 or n % chunks:
             raise ShapeError(f"chunk: axis {axis} of shape {self.shape} has {n} elements, "
                              f"not divisible into {chunks} equal chunks")
-        return self.split(n // chunks, axis=axis)
+        return list(ops.Split.apply(self, sizes=(n // chunks,) * chunks, axis=ax))
 
     def unbind(self, axis=0):
         """The slices along ``axis`` as a list of tensors (one tape node for all of them)."""
@@ -389,6 +414,9 @@ class Tensor:
         if not -self.ndim <= axis < self.ndim:
             raise ShapeError(f"{op}: axis {axis} is out of range for shape {self.shape}")
         return axis % self.ndim
+
+
+autograd._tensor_class = Tensor      # ops build their outputs as Tensors
 
 
 class _HookHandle:
@@ -430,6 +458,8 @@ def stack(tensors, axis=0):
 
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` as one op; x (..., in), weight (out, in), bias (out,)."""
+    if type(x) is Tensor and isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor)):
+        return ops.Linear.apply(x, weight) if bias is None else ops.Linear.apply(x, weight, bias)
     args = (x, weight) if bias is None else (x, weight, bias)
     return ops.Linear.apply(*_tensors(args, "linear"))
 
