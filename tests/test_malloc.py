@@ -1,0 +1,58 @@
+"""The first Unroll keeps glibc from trimming the heap after every backward (_malloc.py)."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the tuning is glibc's mallopt")
+
+# Allocate ~128 MB in 64 KB arrays (below the mmap threshold: they come from the heap, as
+# the tape's arrays do), free them all, and report how much of it the process still holds.
+_PROBE = r"""
+import json, resource
+import numpy as np
+import tinygrad_rnn as tg
+from tinygrad_rnn import _malloc
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+before = _malloc.status()
+tg.Unroll(tg.RNNCell(2, 3))(tg.Tensor(np.zeros((2, 1, 2))))
+blocks = [np.ones(8192) for _ in range(2048)]
+peak = rss_mb()
+del blocks
+print(json.dumps({"before": before, "after": _malloc.status(), "kept_mb": rss_mb() - (peak - 128)}))
+"""
+
+
+def _probe(**env_changes):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(env_changes)
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_first_unroll_tunes_malloc_and_freed_memory_stays_with_the_process():
+    tuned, untuned = _probe(), _probe(TINYGRAD_RNN_TUNE_MALLOC="0")
+    assert tuned["before"] == [False, "not yet run"]
+    assert tuned["after"] == [True, "applied"]
+    assert untuned["after"] == [False, "TINYGRAD_RNN_TUNE_MALLOC=0"]
+    # untuned, glibc gives the freed top of the heap back; tuned, the process keeps it
+    assert untuned["kept_mb"] < 32 < 100 < tuned["kept_mb"]
+
+
+@glibc_only
+def test_a_user_tuned_malloc_is_left_alone():
+    result = _probe(MALLOC_TRIM_THRESHOLD_="262144")
+    assert result["after"] == [False, "malloc already tuned by the environment "
+                                      "(MALLOC_TRIM_THRESHOLD_)"]
