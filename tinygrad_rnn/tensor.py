@@ -44,6 +44,26 @@ def resolve_dtype(dtype):
 _OPERAND_TYPES = "a Tensor, a numpy array or a Python number"
 
 
+def _binary_method(op, name, reflected=False):
+    """``Tensor.__add__`` and friends: coerce a non-Tensor operand, then ``op`` (reflected:
+    ``other op self``). Generated, since twelve methods share the pattern exactly."""
+    apply = op.apply_binary
+
+    if reflected:
+        def method(self, other):
+            if type(other) is not Tensor:
+                other = self._operand(other, name)
+            return apply(other, self)
+    else:
+        def method(self, other):
+            if type(other) is not Tensor:
+                other = self._operand(other, name)
+            return apply(self, other)
+    dunder = "truediv" if name == "div" else name
+    method.__name__ = f"__r{dunder}__" if reflected else f"__{dunder}__"
+    return method
+
+
 class Tensor:
     """An n-dimensional array that records the ops applied to it.
 
@@ -234,68 +254,18 @@ class Tensor:
         raise TypeError(f"{op}: expected {_OPERAND_TYPES}, got {type(other).__name__}")
 
     # --- arithmetic ------------------------------------------------------------------------
-    def __add__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "add")
-        return ops.Add.apply_binary(self, other)
-
-    def __radd__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "add")
-        return ops.Add.apply_binary(other, self)
-
-    def __sub__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "sub")
-        return ops.Sub.apply_binary(self, other)
-
-    def __rsub__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "sub")
-        return ops.Sub.apply_binary(other, self)
-
-    def __mul__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "mul")
-        return ops.Mul.apply_binary(self, other)
-
-    def __rmul__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "mul")
-        return ops.Mul.apply_binary(other, self)
-
-    def __truediv__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "div")
-        return ops.Div.apply_binary(self, other)
-
-    def __rtruediv__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "div")
-        return ops.Div.apply_binary(other, self)
-
-    def __pow__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "pow")
-        return ops.Pow.apply_binary(self, other)
-
-    def __rpow__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "pow")
-        return ops.Pow.apply_binary(other, self)
+    # Made by _binary_method (below the class): one pattern, and the hottest calls of a step.
+    __add__, __radd__ = _binary_method(ops.Add, "add"), _binary_method(ops.Add, "add", True)
+    __sub__, __rsub__ = _binary_method(ops.Sub, "sub"), _binary_method(ops.Sub, "sub", True)
+    __mul__, __rmul__ = _binary_method(ops.Mul, "mul"), _binary_method(ops.Mul, "mul", True)
+    __truediv__ = _binary_method(ops.Div, "div")
+    __rtruediv__ = _binary_method(ops.Div, "div", True)
+    __pow__, __rpow__ = _binary_method(ops.Pow, "pow"), _binary_method(ops.Pow, "pow", True)
+    __matmul__ = _binary_method(ops.MatMul, "matmul")
+    __rmatmul__ = _binary_method(ops.MatMul, "matmul", True)
 
     def __neg__(self):
         return ops.Neg.apply_unary(self)
-
-    def __matmul__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "matmul")
-        return ops.MatMul.apply_binary(self, other)
-
-    def __rmatmul__(self, other):
-        if type(other) is not Tensor:
-            other = self._operand(other, "matmul")
-        return ops.MatMul.apply_binary(other, self)
 
     # Comparisons give plain (non-differentiable) boolean tensors, e.g. masks for where().
     def __lt__(self, other):
