@@ -1,7 +1,7 @@
 """Keep glibc from handing the tape's memory back to the OS after every backward.
 
-A forward through Unroll allocates the whole tape (tens of MB at moderate sizes) in arrays
-below glibc's mmap threshold, so they come from the heap; backward frees them all at once,
+A forward through an unrolled RNN allocates the whole tape (tens of MB at moderate sizes) in
+arrays below glibc's mmap threshold, so they come from the heap; backward frees them all at once,
 and glibc then trims the free top of the heap back to the OS (its trim threshold is 128 KiB
 unless an earlier large free raised it). The next forward page-faults the same memory in
 again: measured up to 1.5x on an LSTM at T=100, B=32, H=128, depending only on what the
@@ -14,7 +14,7 @@ Like numpy's automatic ``madvise(MADV_HUGEPAGE)``, this is a default with a way 
 nothing is changed unless the C library is glibc, the user has not tuned malloc already
 (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or
 ``GLIBC_TUNABLES`` in the environment), and ``TINYGRAD_RNN_TUNE_MALLOC`` is not ``0``.
-It runs once, on the first Unroll.
+It runs once, at the start of the first backward.
 """
 
 import ctypes
@@ -31,21 +31,21 @@ _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TO
                   "GLIBC_TUNABLES")
 
 _lock = threading.Lock()
-_state = {"done": False, "applied": False, "reason": "not yet run"}
+state = {"done": False, "applied": False, "reason": "not yet run"}
 
 
 def tune_malloc():
     """Apply the settings above once per process; returns whether they were applied."""
     with _lock:
-        if not _state["done"]:
-            _state["applied"], _state["reason"] = _apply()
-            _state["done"] = True
-        return _state["applied"]
+        if not state["done"]:
+            state["applied"], state["reason"] = _apply()
+            state["done"] = True
+        return state["applied"]
 
 
 def status():
     """(applied, why): for tests, benchmarks and users who wonder."""
-    return _state["applied"], _state["reason"]
+    return state["applied"], state["reason"]
 
 
 def _apply():

@@ -18,6 +18,8 @@ import threading
 
 import numpy as np
 
+from . import _malloc
+
 
 class ShapeError(ValueError):
     """An op got inputs of incompatible shapes; the message names the op and the shapes."""
@@ -333,6 +335,8 @@ def backward(root, grad, retain_graph=False):
     total at the end. A weight's gradient may arrive as an `OuterProductSum`; it is summed
     like any other and made an array only when something needs one (see the class).
     """
+    if not _malloc.state["done"]:
+        _malloc.tune_malloc()           # once per process: see _malloc.py
     with gc_paused():
         _walk(root, grad, retain_graph)
 
