@@ -360,14 +360,22 @@ def _walk(root, grad, retain_graph):
         out_grads, outs = pending.pop(ctx)
         if ctx.freed:
             raise _graph_freed_error(next(t for t in outs if t is not None), ctx)
-        for i, t in enumerate(outs):
-            if t is not None:
-                g = out_grads[i]
-                if type(g) is OuterProductSum:            # a non-leaf weight: its node needs an array
-                    g = out_grads[i] = g.materialize()
-                if t._hooks or t._retain:
-                    out_grads[i] = _finish_output_grad(t, g)
-        in_grads = ctx.backward(*out_grads)
+        if ctx.n_outputs == 1:                            # most nodes: no loop, no unpacking
+            g, t = out_grads[0], outs[0]
+            if type(g) is OuterProductSum:                # a non-leaf weight: its node needs an array
+                g = out_grads[0] = g.materialize()
+            if t._hooks or t._retain:
+                g = out_grads[0] = _finish_output_grad(t, g)
+            in_grads = ctx.backward(g)
+        else:
+            for i, t in enumerate(outs):
+                if t is not None:
+                    g = out_grads[i]
+                    if type(g) is OuterProductSum:
+                        g = out_grads[i] = g.materialize()
+                    if t._hooks or t._retain:
+                        out_grads[i] = _finish_output_grad(t, g)
+            in_grads = ctx.backward(*out_grads)
         if observers:                                     # they read per-node arrays (the ledger)
             in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
             reached = [t for t in outs if t is not None]
@@ -375,7 +383,8 @@ def _walk(root, grad, retain_graph):
                 obs.on_backward(ctx, out_grads, in_grads, reached)
         parents = ctx.parents
         if not retain_graph:
-            ctx.release()
+            ctx.__dict__.clear()                          # ctx.release(), inlined: once per node
+            ctx.freed = True
         for p, pg in zip(parents, in_grads):
             if pg is None or not p.requires_grad:
                 continue
