@@ -206,11 +206,6 @@ class Function:
             return _output(data, ctx, True)
         return _output(data, None, False)
 
-    def release(self):
-        """Drop the saved arrays and the inputs; a later backward through here is an error."""
-        self.__dict__.clear()
-        self.freed = True
-
 
 _tensor_class = None        # set by tensor.py, the layer above, when it defines Tensor
 _new = object.__new__
@@ -383,7 +378,8 @@ def _walk(root, grad, retain_graph):
                 obs.on_backward(ctx, out_grads, in_grads, reached)
         parents = ctx.parents
         if not retain_graph:
-            ctx.__dict__.clear()                          # ctx.release(), inlined: once per node
+            # Drop the saved arrays and the inputs; a later backward through here is an error.
+            ctx.__dict__.clear()
             ctx.freed = True
         for p, pg in zip(parents, in_grads):
             if pg is None or not p.requires_grad:
