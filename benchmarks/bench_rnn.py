@@ -11,9 +11,17 @@ require grad) and the same job done by
 * ``torch.nn``: ``torch.nn.RNN/LSTM/GRU`` (a fused C++ loop), for reference.
 
 Times are medians over ``--repeats`` runs after ``--warmup`` runs. Each family runs in a
-worker process of its own (ours and numpy share one and alternate run by run, so a noisy
-neighbour hits both alike), so thread pools never share a process. Every worker gets the
-same environment:
+worker process of its own (ours and numpy share one and alternate run by run), so thread
+pools never share a process. The workers take turns job by job: ours does its runs of one
+job, then torch eager, then torch.nn, then everyone moves to the next job (each worker waits,
+idle, while another runs). So a burst of load from another job on a shared machine lands on
+a few seconds of one job, not on all of one family's rows (when whole workers ran one after
+the other, such bursts moved single rows of the ratio by up to 25 %); ``--rounds`` repeats it
+all in fresh processes and takes the median. Within a turn the runs are back to back, as in
+a training loop (interleaving *single* runs across processes was also tried: every run then
+starts with caches and cores taken over by another process, which cost ours up to 8 % at L
+and numpy nothing, a condition no training run is in). Every worker gets the same
+environment:
 
 * ``--threads`` (default 1) for OMP/OpenBLAS/MKL/Numba and ``torch.set_num_threads``;
 * glibc's malloc told to keep freed memory (``MALLOC_TRIM_THRESHOLD_``,
@@ -77,9 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     p.add_argument("--quick", action="store_true", help="sizes S,M only, 3 repeats, 1 warmup, no float64")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)   # internal: see run_worker
+    p.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)   # internal: see Worker
     args = p.parse_args(argv)
-    if args.worker:
+    if args.serve:
         return args
     if args.quick:
         args.sizes, args.float64_sizes, args.repeats, args.warmup = "S,M", "", 3, 1
@@ -161,47 +169,77 @@ def make_pair(job):
     return ours, numpy_baseline, error
 
 
-def time_interleaved(fns, warmup, repeats, clock="wall"):
-    """Median and minimum milliseconds of each function, runs alternating between them."""
-    now = CLOCKS[clock]
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = now()
-            fn()
-            ts.append(now() - t0)
-    return [(1e3 * sorted(ts)[len(ts) // 2], 1e3 * min(ts)) for ts in times]
+def serve(spec):
+    """The worker for ours and numpy: one JSON request per line on stdin, one reply per line.
 
-
-def worker(spec):
-    """Time ours and the numpy baseline for every job; one JSON line per job on stdout."""
+    ``{"setup": job}`` builds the pair (reply: the gradient check); ``{"runs": n}`` times n
+    runs, alternating the two (reply: milliseconds, one list per function); end of input
+    ends the worker.
+    """
     sys.path.insert(0, str(HERE))
-    for job in spec["jobs"]:
-        ours, baseline, error = make_pair(job)
-        (ours_ms, _), (numpy_ms, _) = time_interleaved([ours, baseline], spec["warmup"],
-                                                        spec["repeats"], spec["clock"])
-        print(f"  {job['cell']:4} {job['size']:4} {job['dtype']}: ours {ours_ms:.1f} ms, "
-              f"numpy {numpy_ms:.1f} ms", file=sys.stderr, flush=True)
-        if error > (1e-4 if job["dtype"] == "float32" else 1e-10):
-            print(f"bench_rnn: WARNING: {job['cell']} {job['size']}: our gradients differ from the "
-                  f"numpy baseline's (relative error {error:.1e})", file=sys.stderr)
-        print(json.dumps({**job, "ours_ms": ours_ms, "numpy_ms": numpy_ms, "grad_err": error}),
-              flush=True)
+    now = CLOCKS[spec["clock"]]
+    fns = ()
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "setup" in request:
+            job = request["setup"]
+            ours, baseline, error = make_pair(job)
+            fns = (ours, baseline)
+            if error > (1e-4 if job["dtype"] == "float32" else 1e-10):
+                print(f"bench_rnn: WARNING: {job['cell']} {job['size']}: our gradients differ from "
+                      f"the numpy baseline's (relative error {error:.1e})", file=sys.stderr)
+            reply = {"grad_err": error}
+        else:
+            runs = [[_time_once(fn, now) for fn in fns] for _ in range(request["runs"])]
+            reply = {"ms": [list(ts) for ts in zip(*runs)] if runs else [[] for _ in fns]}
+        print(json.dumps(reply), flush=True)
 
 
-# --- one subprocess per family ----------------------------------------------------------------
+def _time_once(fn, now):
+    t0 = now()
+    fn()
+    return 1e3 * (now() - t0)
 
-def run_worker(command, spec, env, what):
-    """Run a worker with ``spec`` (JSON) and return its results keyed by (cell, size, dtype)."""
-    proc = subprocess.run(command + [json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=env)
-    if proc.returncode != 0:
-        print(f"bench_rnn: the {what} worker failed (exit {proc.returncode})", file=sys.stderr)
-        return {}
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return {(r["cell"], r["size"], r["dtype"]): r for r in rows}
+
+# --- the workers in lockstep ------------------------------------------------------------------
+
+class Worker:
+    """A worker process that answers `serve`'s requests (torch_eager.py speaks the same)."""
+
+    def __init__(self, name, command, spec, env):
+        self.name = name
+        self.proc = subprocess.Popen(command + [json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench_rnn: the {self.name} worker exited "
+                               f"(code {self.proc.wait()}); see its messages above")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def measure_round(workers, all_jobs, warmup, repeats):
+    """{worker name: {job key: {"ms": [median per function], "grad_err": ...}}}, the workers
+    taking turns job by job."""
+    out = {w.name: {} for w in workers}
+    for job in all_jobs:
+        key = (job["cell"], job["size"], job["dtype"])
+        for w in workers:
+            setup = w.ask({"setup": job})
+            w.ask({"runs": warmup})
+            per_fn = w.ask({"runs": repeats})["ms"]
+            out[w.name][key] = {**setup, "ms": [sorted(ts)[len(ts) // 2] for ts in per_fn]}
+        print(f"  {job['cell']:4} {job['size']:4} {job['dtype']}: "
+              + ", ".join(f"{w.name} {'/'.join(f'{m:.1f}' for m in out[w.name][key]['ms'])} ms"
+                          for w in workers), file=sys.stderr, flush=True)
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -230,37 +268,38 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.worker:
-        worker(json.loads(args.worker))
+    if args.serve:
+        serve(json.loads(args.serve))
         return
     all_jobs = jobs(args)
     env = worker_env(args)
-    base_spec = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-                 "clock": args.clock, "jobs": all_jobs}
-
-    workers = {"ours": ([sys.executable, __file__, "--worker"], base_spec)}
+    spec = {"threads": args.threads, "clock": args.clock}
+    commands = {"ours": [sys.executable, __file__, "--serve"]}
     if importlib.util.find_spec("torch") is not None and not args.no_torch:
         for family in ("eager", "nn"):
-            workers[family] = ([sys.executable, str(HERE / "torch_eager.py")],
-                               {**base_spec, "family": family})
-    results = {name: [] for name in workers}        # worker -> one result dict per round
-    for r in range(args.rounds):
-        for name, (command, spec) in workers.items():
-            print(f"  round {r + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
-            results[name].append(run_worker(command, spec, env, name))
+            commands[family] = [sys.executable, str(HERE / "torch_eager.py"), "--serve", family]
+    rounds = []
+    for r in range(args.rounds):        # fresh processes each round: process history varies too
+        print(f"  round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        workers = [Worker(name, command, spec, env) for name, command in commands.items()]
+        try:
+            rounds.append(measure_round(workers, all_jobs, args.warmup, args.repeats))
+        finally:
+            for w in workers:
+                w.close()
 
-    def median_over_rounds(name, key, field):
-        values = sorted(res[key][field] for res in results.get(name, []) if key in res)
+    def median_over_rounds(name, key, pick):
+        values = sorted(pick(res[name][key]) for res in rounds if name in res)
         return values[len(values) // 2] if values else None
 
     rows = []
     for job in all_jobs:
         key = (job["cell"], job["size"], job["dtype"])
-        rows.append({**job, "ours_ms": median_over_rounds("ours", key, "ours_ms"),
-                     "numpy_ms": median_over_rounds("ours", key, "numpy_ms"),
-                     "grad_err": median_over_rounds("ours", key, "grad_err"),
-                     "torch_eager_ms": median_over_rounds("eager", key, "median_ms"),
-                     "torch_nn_ms": median_over_rounds("nn", key, "median_ms")})
+        rows.append({**job, "ours_ms": median_over_rounds("ours", key, lambda r: r["ms"][0]),
+                     "numpy_ms": median_over_rounds("ours", key, lambda r: r["ms"][1]),
+                     "grad_err": median_over_rounds("ours", key, lambda r: r["grad_err"]),
+                     "torch_eager_ms": median_over_rounds("eager", key, lambda r: r["ms"][0]),
+                     "torch_nn_ms": median_over_rounds("nn", key, lambda r: r["ms"][0])})
 
     import numpy as np
     malloc = "glibc defaults" if args.no_malloc_pin else \

@@ -8,10 +8,11 @@ pools of torch, OpenBLAS and OpenMP never share a process and never fight):
   it backwards. It is the target our eager mode has to meet.
 * ``nn``: ``torch.nn.RNN/LSTM/GRU``: PyTorch's own fused C++ loop, for reference.
 
-Usage (bench_rnn.py does this): ``python torch_eager.py JOBS_JSON`` where JOBS_JSON is
-``{"family": "eager", "threads": 1, "warmup": 1, "repeats": 7, "jobs": [{"cell": "lstm",
-"T": 50, "B": 16, "I": 16, "H": 32, "dtype": "float32"}, ...], "clock": "wall"}``; prints one
-JSON object per job on stdout with the median and minimum milliseconds of forward+backward.
+Usage (bench_rnn.py does this): ``python torch_eager.py --serve FAMILY SPEC`` where SPEC is
+``{"threads": 1, "clock": "wall"}``; then, like bench_rnn.py's own worker, one JSON request
+per line on stdin: ``{"setup": {"cell": "lstm", "T": 50, "B": 16, "I": 16, "H": 32,
+"dtype": "float32", ...}}`` builds that job, ``{"runs": n}`` times n forward+backwards
+and replies ``{"ms": [[milliseconds, ...]]}``. bench_rnn.py asks its workers in turn.
 
 The equations (``*_equations``) are also imported by tests/test_benchmarks_baseline.py, which
 checks them against the numpy baseline: the comparison is only fair if they agree.
@@ -70,19 +71,6 @@ MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _timed(fn, warmup, repeats, clock):
-    now = CLOCKS[clock]
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
-    times.sort()
-    return 1e3 * times[len(times) // 2], 1e3 * times[0]
-
-
 def make_step(family, job):
     """A no-argument function doing one forward+backward of ``job``, parameters' grads reset."""
     dtype = getattr(torch, job["dtype"])
@@ -115,16 +103,27 @@ def make_step(family, job):
     return step
 
 
-def main(argv):
-    spec = json.loads(argv[1])
+def serve(family, spec):
     torch.set_num_threads(spec["threads"])
     torch.set_num_interop_threads(1)
-    for job in spec["jobs"]:
-        median, best = _timed(make_step(spec["family"], job), spec["warmup"], spec["repeats"],
-                              spec.get("clock", "wall"))
-        print(json.dumps({**job, "family": spec["family"], "median_ms": median, "min_ms": best,
-                          "threads": torch.get_num_threads()}), flush=True)
+    now = CLOCKS[spec.get("clock", "wall")]
+    step = None
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "setup" in request:
+            step = make_step(family, request["setup"])
+            reply = {"threads": torch.get_num_threads()}
+        else:
+            times = []
+            for _ in range(request["runs"]):
+                t0 = now()
+                step()
+                times.append(1e3 * (now() - t0))
+            reply = {"ms": [times]}
+        print(json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    if len(sys.argv) != 4 or sys.argv[1] != "--serve":
+        sys.exit("usage: torch_eager.py --serve FAMILY SPEC (bench_rnn.py runs it)")
+    serve(sys.argv[2], json.loads(sys.argv[3]))
