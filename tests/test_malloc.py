@@ -1,4 +1,5 @@
-"""The first backward keeps glibc from trimming the heap after every backward (_malloc.py)."""
+"""The first Unroll or backward keeps glibc from trimming the heap after every backward
+(_malloc.py)."""
 
 import json
 import os
@@ -23,9 +24,12 @@ def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
-ys, _ = tg.Unroll(tg.RNNCell(2, 3))(tg.Tensor(np.zeros((2, 1, 2))))
 before = _malloc.status()
-ys.sum().backward()
+if MODE == "unroll":            # the first Unroll tunes, before any backward
+    tg.Unroll(tg.RNNCell(2, 3))(tg.Tensor(np.zeros((2, 1, 2))))
+else:                           # a tape of its own: the first backward tunes
+    x = tg.Tensor(np.ones(3), requires_grad=True)
+    (x * x).sum().backward()
 blocks = [np.ones(8192) for _ in range(2048)]
 peak = rss_mb()
 del blocks
@@ -33,18 +37,19 @@ print(json.dumps({"before": before, "after": _malloc.status(), "kept_mb": rss_mb
 """
 
 
-def _probe(**env_changes):
+def _probe(mode="unroll", **env_changes):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.update(env_changes)
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", f"MODE = {mode!r}\n" + _PROBE], env=env,
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @glibc_only
-def test_first_backward_tunes_malloc_and_freed_memory_stays_with_the_process():
-    tuned, untuned = _probe(), _probe(TINYGRAD_RNN_TUNE_MALLOC="0")
+@pytest.mark.parametrize("mode", ["unroll", "backward"])
+def test_first_unroll_or_backward_tunes_malloc_and_freed_memory_stays(mode):
+    tuned, untuned = _probe(mode), _probe(mode, TINYGRAD_RNN_TUNE_MALLOC="0")
     assert tuned["before"] == [False, "not yet run"]
     assert tuned["after"] == [True, "applied"]
     assert untuned["after"] == [False, "TINYGRAD_RNN_TUNE_MALLOC=0"]

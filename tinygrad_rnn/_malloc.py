@@ -14,7 +14,7 @@ Like numpy's automatic ``madvise(MADV_HUGEPAGE)``, this is a default with a way 
 nothing is changed unless the C library is glibc, the user has not tuned malloc already
 (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or
 ``GLIBC_TUNABLES`` in the environment), and ``TINYGRAD_RNN_TUNE_MALLOC`` is not ``0``.
-It runs once, at the start of the first backward.
+It runs once, at the first Unroll or the first backward, whichever comes first.
 """
 
 import ctypes

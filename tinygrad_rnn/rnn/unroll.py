@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import autograd, ops
+from .. import _malloc, autograd, ops
 from ..autograd import ShapeError, no_grad
 from ..nn.module import Module
 from ..tensor import Tensor, stack, where
@@ -45,6 +45,8 @@ class Unroll(Module):
         self.batch_first = batch_first
 
     def forward(self, xs, state=None, lengths=None):
+        if not _malloc.state["done"]:
+            _malloc.tune_malloc()       # once per process, also for forward-only use: _malloc.py
         xs = self._check_input(xs)
         if self.batch_first:
             xs = xs.transpose(1, 0, 2)
