@@ -155,13 +155,7 @@ class Function:
         node = ctx if requires_grad else None
         if type(data) is tuple:
             ctx.n_outputs = len(data)
-            out = []
-            for i, d in enumerate(data):        # _output, with each output's index
-                t = _new(_tensor_class)
-                t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name, t.requires_grad = \
-                    d, None, node, i, None, False, None, requires_grad
-                out.append(t)
-            out = tuple(out)
+            out = tuple([_output(d, node, requires_grad, i) for i, d in enumerate(data)])
         else:
             out = _output(data, node, requires_grad)
         if _observers:
@@ -212,13 +206,14 @@ _new = object.__new__
 _ndarray = np.ndarray
 
 
-def _output(data, node, requires_grad):
-    """The output tensor of a single-output op (Tensor._from_op, inlined: it runs per op)."""
+def _output(data, node, requires_grad, index=0):
+    """An op's output tensor, without Tensor.__init__'s checks (it runs once per op).
+    ``index`` is which output of a multi-output node (split, unbind) it is."""
     if type(data) is not _ndarray:
         data = np.asarray(data)     # numpy reductions return scalars; .data is always an array
     t = _new(_tensor_class)
     t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name, t.requires_grad = \
-        data, None, node, 0, None, False, None, requires_grad
+        data, None, node, index, None, False, None, requires_grad
     return t
 
 

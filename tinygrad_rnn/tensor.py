@@ -105,13 +105,8 @@ class Tensor:
 
     @classmethod
     def _from_op(cls, data, ctx, requires_grad, index=0):
-        # Ops build outputs here; skipping __init__'s checks keeps per-op overhead low.
-        # ``index`` is which output of a multi-output node (split, unbind) this tensor is.
-        t = object.__new__(Tensor)
-        t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name = \
-            data, None, ctx, index, None, False, None
-        t.requires_grad = requires_grad
-        return t
+        # A Tensor without __init__'s checks; the ops' outputs are made the same way.
+        return autograd._output(data, ctx, requires_grad, index)
 
     def requires_grad_(self, flag=True):
         if flag and self.data.dtype.kind not in "fc":
