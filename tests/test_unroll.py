@@ -353,3 +353,43 @@ def test_error_generate_arguments():
         tg.generate(cell, Tensor(np.zeros(3)), 2)
     with pytest.raises(ValueError, match="generate: steps must be a positive integer, got 0"):
         tg.generate(cell, Tensor(np.zeros((1, 3))), 0)
+
+
+class _CountingSequenceCell(tg.RNNCell):
+    """An RNN cell whose forward_sequence is a Python loop of forward, counting its calls."""
+
+    sequence_calls = 0
+
+    def forward_sequence(self, xs, state, lengths):
+        type(self).sequence_calls += 1
+        self.seen_lengths = lengths
+        outs, h = [], state
+        for t, x_t in enumerate(xs.unbind(0)):
+            y, new_h = self.forward(x_t, h)
+            if lengths is not None:
+                m = (t < lengths)[:, None]
+                new_h, y = tg.where(m, new_h, h), tg.where(m, y, np.zeros((), y.dtype))
+            h = new_h
+            outs.append(y)
+        return tg.stack(outs), h
+
+
+def test_unroll_uses_forward_sequence_unless_observed(rng):
+    cell = _CountingSequenceCell(3, 4)
+    plain = tg.RNNCell(3, 4)
+    plain.load_state_dict(cell.state_dict())
+    xs = Tensor(rng.standard_normal((6, 2, 3)))
+    lengths = np.array([6, 3])
+    before = _CountingSequenceCell.sequence_calls
+    ys, h = tg.Unroll(cell)(xs, lengths=lengths)
+    assert _CountingSequenceCell.sequence_calls == before + 1
+    np.testing.assert_array_equal(cell.seen_lengths, lengths)    # checked and passed through
+    ys_ref, h_ref = tg.Unroll(plain)(xs, lengths=lengths)
+    np.testing.assert_allclose(ys.data, ys_ref.data, rtol=1e-12)
+    np.testing.assert_allclose(h.data, h_ref.data, rtol=1e-12)
+    with tg.inspect.trace():                                      # an observer: stepped instead
+        ys_obs, _ = tg.Unroll(cell)(xs, lengths=lengths)
+    assert _CountingSequenceCell.sequence_calls == before + 1
+    np.testing.assert_allclose(ys_obs.data, ys.data, rtol=1e-12)
+    ys_bf, _ = tg.Unroll(cell, batch_first=True)(xs.transpose(1, 0, 2))
+    assert ys_bf.shape == (2, 6, 4)

@@ -38,6 +38,11 @@ class Unroll(Module):
     ``cell.init_state(B)``. With ``lengths`` (B,), sequence b stops updating its state after
     ``lengths[b]`` steps, its outputs past that are exactly zero, and the final state is the
     state at its own last step (as PyTorch's packed sequences).
+
+    A cell may also define ``forward_sequence(xs, state, lengths) -> (ys, final_state)``: the
+    same recurrence over the whole sequence at once (xs (T, B, I), the initial state already
+    made, lengths a checked int array (B,) or None), with exactly these semantics. Unroll
+    calls it when present and no observer (trace, anomaly mode, ledger) is listening.
     """
 
     def __init__(self, cell, batch_first=False):
@@ -57,6 +62,15 @@ class Unroll(Module):
         state = self._initial_state(state, B)
         if lengths is not None:
             lengths = check_lengths(lengths, T, B, "Unroll")
+        run_sequence = getattr(cell, "forward_sequence", None)
+        if run_sequence is not None and not autograd.observing():
+            # The cell runs the whole sequence itself (a scan, or a compiled loop): the same
+            # numbers as stepping. Observers need the steps, so they get the loop below.
+            ys, state = run_sequence(xs, state, lengths)
+            if self.batch_first:
+                ys = tree_map(lambda y: y.transpose(1, 0, *range(2, y.ndim)), ys)
+            return ys, state
+        if lengths is not None:
             masks = [(t < lengths)[:, None] for t in range(T)]
             full = [bool(m.all()) for m in masks]
         observing = autograd.observing()
