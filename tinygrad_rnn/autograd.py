@@ -107,6 +107,13 @@ class Function:
     ``backward`` returns one gradient per input (``None`` where ``needs_input_grad`` is
     False), each already reduced to that input's shape. Subclasses keep what backward needs
     as attributes of ``self``; the instance is the tape node.
+
+    A backward written with ``self.xp`` and the operations arrays and Tensors share (see
+    ops.py) sets ``differentiable_backward = True`` and names where it keeps its inputs and
+    its output: ``saved_inputs`` (one attribute name per input, None if not kept) and
+    ``saved_output``. Under ``create_graph=True`` the walk then runs it on a copy of the node
+    whose those attributes are the graph's Tensors (`_graph_rule`), so the gradient is on the
+    tape; the same names tell the version check which inputs the backward reads.
     """
 
     name = None              # printed in errors and traces; defaults to the class name
@@ -115,6 +122,9 @@ class Function:
     n_outputs = 1
     freed = False
     seq = -1                 # creation order of recorded nodes: the walk's topological order
+    saved_inputs = ()        # attribute names of the inputs backward reads, by position
+    saved_output = None      # attribute name of the output backward reads
+    differentiable_backward = False
 
     def forward(self, *arrays, **attrs):
         raise NotImplementedError  # abstract: each op defines its forward
@@ -214,6 +224,7 @@ def _output(data, node, requires_grad, index=0):
     t = _new(_tensor_class)
     t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name, t.requires_grad = \
         data, None, node, index, None, False, None, requires_grad
+    t._modified = t.grad_tensor = None
     return t
 
 
@@ -314,7 +325,7 @@ def _graph_freed_error(t, ctx):
         "twice, or detach the state between truncated-BPTT windows (tg.detach_state).")
 
 
-def backward(root, grad, retain_graph=False):
+def backward(root, grad, retain_graph=False, create_graph=False):
     """Back-propagate ``grad`` (the gradient of some loss w.r.t. ``root``) through the tape.
 
     Reverse topological order from creation order (PyTorch's engine does the same with its
@@ -324,25 +335,45 @@ def backward(root, grad, retain_graph=False):
     node output as they arrive and dropped once the node has run; leaves receive their
     total at the end. A weight's gradient may arrive as an `OuterProductSum`; it is summed
     like any other and made an array only when something needs one (see the class).
+
+    ``create_graph=True`` runs every rule on Tensors instead (``grad`` is then a Tensor):
+    the gradients it computes are recorded, so they can be differentiated again.
     """
+    with _walking(create_graph):
+        _walk([root], [grad], retain_graph, create_graph)
+
+
+@contextlib.contextmanager
+def _walking(create_graph):
     if not _malloc.state["done"]:
         _malloc.tune_malloc()           # once per process: see _malloc.py
-    with gc_paused():
-        _walk(root, grad, retain_graph)
+    with gc_paused(), (enable_grad() if create_graph else contextlib.nullcontext()):
+        yield
 
 
-def _walk(root, grad, retain_graph):
-    if root._ctx is None:
-        root._accumulate_grad(_run_hooks(root, grad))
-        return
-    node = root._ctx
-    n = node.n_outputs
+def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
+    """The walk of `backward`. ``capture`` (tg.grad's inputs): a dict that receives their
+    gradients instead of any ``.grad``; only the nodes leading to them run."""
     # node -> (gradients summed so far, the output tensors they belong to), by output index
-    pending = {node: ([None] * n, [None] * n)}
-    pending[node][0][root._index] = grad
-    pending[node][1][root._index] = root
-    heap = [(-node.seq, node)]
+    pending = {}
+    heap = []
     leaf_grads = {}
+    needed = None if capture is None else _nodes_leading_to(roots, capture)
+    for root, grad in zip(roots, grads):
+        if root._ctx is None:
+            prev = leaf_grads.get(root)
+            leaf_grads[root] = grad if prev is None else prev + grad
+            continue
+        node = root._ctx
+        entry = pending.get(node)
+        if entry is None:
+            n = node.n_outputs
+            entry = pending[node] = ([None] * n, [None] * n)
+            heap.append((-node.seq, node))
+        prev = entry[0][root._index]
+        entry[0][root._index] = grad if prev is None else prev + grad
+        entry[1][root._index] = root
+    heapq.heapify(heap)
     observers = list(_observers)
     heappop, heappush = heapq.heappop, heapq.heappush
     while heap:
@@ -350,13 +381,18 @@ def _walk(root, grad, retain_graph):
         out_grads, outs = pending.pop(ctx)
         if ctx.freed:
             raise _graph_freed_error(next(t for t in outs if t is not None), ctx)
+        rule = _graph_rule(ctx, outs) if create_graph else None
         if ctx.n_outputs == 1:                            # most nodes: no loop, no unpacking
             g, t = out_grads[0], outs[0]
             if type(g) is OuterProductSum:                # a non-leaf weight: its node needs an array
                 g = out_grads[0] = g.materialize()
-            if t._hooks or t._retain:
-                g = out_grads[0] = _finish_output_grad(t, g)
-            in_grads = ctx.backward(g)
+            if t._hooks or t._retain or t._modified is not None:
+                g = out_grads[0] = _finish_output_grad(ctx, t, g, capture)
+            if capture is not None and t in capture:
+                capture[t] = g
+                if ctx not in needed:                     # nothing to reach below it
+                    continue
+            in_grads = ctx.backward(g) if rule is None else rule(g)
         else:
             for i, t in enumerate(outs):
                 if t is not None:
@@ -364,25 +400,30 @@ def _walk(root, grad, retain_graph):
                     if type(g) is OuterProductSum:
                         g = out_grads[i] = g.materialize()
                     if t._hooks or t._retain:
-                        out_grads[i] = _finish_output_grad(t, g)
-            in_grads = ctx.backward(*out_grads)
+                        out_grads[i] = _finish_output_grad(ctx, t, g, capture)
+                    if capture is not None and t in capture:
+                        capture[t] = out_grads[i]
+            if capture is not None and ctx not in needed:
+                continue
+            in_grads = ctx.backward(*out_grads) if rule is None else rule(*out_grads)
         if observers:                                     # they read per-node arrays (the ledger)
             in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
             reached = [t for t in outs if t is not None]
             for obs in observers:
-                obs.on_backward(ctx, out_grads, in_grads, reached)
-        parents = ctx.parents
-        if not retain_graph:
-            # Drop the saved arrays and the inputs; a later backward through here is an error.
-            ctx.__dict__.clear()
-            ctx.freed = True
+                obs.on_backward(ctx, _arrays(out_grads), _arrays(in_grads), reached)
+        parents, seq = ctx.parents, ctx.seq
         for p, pg in zip(parents, in_grads):
+            if p._modified is not None and p._modified[-1] > seq:
+                _check_saved_input(ctx, p)                # changed in place since the forward
             if pg is None or not p.requires_grad:
                 continue
             pctx = p._ctx
             if pctx is None:                              # a leaf: summed until the walk ends
-                prev = leaf_grads.get(p)
-                leaf_grads[p] = pg if prev is None else prev + pg
+                if capture is None or p in capture:
+                    prev = leaf_grads.get(p)
+                    leaf_grads[p] = pg if prev is None else prev + pg
+                continue
+            if needed is not None and pctx not in needed and p not in capture:
                 continue
             entry = pending.get(pctx)
             if entry is None:                             # first gradient to reach this node
@@ -393,18 +434,230 @@ def _walk(root, grad, retain_graph):
             prev = grads[i]
             grads[i] = pg if prev is None else prev + pg
             entry[1][i] = p
+        if not retain_graph:
+            # Drop the saved arrays and the inputs; a later backward through here is an error.
+            ctx.__dict__.clear()
+            ctx.freed = True
     for leaf, g in leaf_grads.items():
         if type(g) is OuterProductSum:                    # all uses delivered: one GEMM now
             g = g.materialize()
-        leaf._accumulate_grad(_run_hooks(leaf, g))
+        if capture is None:
+            leaf._accumulate_grad(_run_hooks(leaf, g))
+        elif leaf in capture:
+            capture[leaf] = _run_hooks(leaf, g)
 
 
-def _finish_output_grad(t, g):
-    """The finished gradient of a node's output: hooks applied, kept if retain_grad()."""
+def _nodes_leading_to(roots, inputs):
+    """The nodes below ``roots`` with a path to one of ``inputs``: tg.grad runs only these."""
+    nodes, seen = [], set()
+    stack = [r._ctx for r in roots if r._ctx is not None]
+    while stack:                                          # iterative: a long unroll is deep
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        nodes.append(node)
+        stack.extend(p._ctx for p in node.parents if p._ctx is not None)
+    needed = set()
+    for node in sorted(nodes, key=lambda n: n.seq):     # inputs' nodes before their users'
+        # A freed node stays in, so that the walk reports it instead of "input not used".
+        if node.freed or any(p in inputs or p._ctx in needed for p in node.parents):
+            needed.add(node)
+    return needed
+
+
+def _finish_output_grad(ctx, t, g, capture=None):
+    """The finished gradient of a node's output: hooks applied, kept if retain_grad()
+    (not by tg.grad, which leaves every ``.grad`` alone); checked not changed in place."""
+    if t._modified is not None and ctx.saved_output is not None:
+        raise _modified_error(ctx, t, "output", 0, len(t._modified))
     g = _run_hooks(t, g)
-    if t._retain:
+    if t._retain and capture is None:
         t._accumulate_grad(g)
     return g
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
+         allow_unused=False):
+    """The gradients of ``outputs`` with respect to ``inputs``, as a tuple of Tensors, one per
+    input (PyTorch's ``torch.autograd.grad``). No ``.grad`` is touched.
+
+    ``outputs``/``inputs``: a Tensor or a sequence of them; inputs may be leaves or
+    intermediate results. ``grad_outputs``: the cotangent of each output (a Tensor, array
+    or number; None: ones, allowed only for a single-element output); the gradient is
+    ``sum_k grad_outputs[k] . d outputs[k] / d input``. With ``create_graph=True`` the
+    returned Tensors are on the tape (the backward's own ops were recorded), so they can be
+    differentiated again, to any order. ``retain_graph`` defaults to ``create_graph``.
+    An input that no output depends on is an error unless ``allow_unused`` (then None).
+    """
+    outputs = _as_tensor_list(outputs, "outputs")
+    inputs = _as_tensor_list(inputs, "inputs")
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad: got {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+    if retain_graph is None:
+        retain_graph = create_graph
+    for i, x in enumerate(inputs):
+        if not x.requires_grad:
+            raise RuntimeError(f"grad: inputs[{i}] (shape {x.shape}{_named(x)}) does not require "
+                               "grad; only tensors with requires_grad=True have a gradient")
+    roots, seeds = [], []
+    for i, (out, go) in enumerate(zip(outputs, grad_outputs)):
+        if not out.requires_grad:
+            raise RuntimeError(f"grad: outputs[{i}] (shape {out.shape}) does not require grad and "
+                               "has no graph (none of its inputs requires grad, or it was "
+                               "computed under no_grad)")
+        roots.append(out)
+        seeds.append(_seed_grad(out, go, create_graph, f"grad: outputs[{i}]"))
+    capture = {x: None for x in inputs}
+    with _walking(create_graph):
+        _walk(roots, seeds, retain_graph, create_graph, capture)
+    result = []
+    for i, x in enumerate(inputs):
+        g = capture[x]
+        if g is None and not allow_unused:
+            raise RuntimeError(f"grad: inputs[{i}] (shape {x.shape}{_named(x)}) was not used to "
+                               "compute the outputs, so it has no gradient; pass "
+                               "allow_unused=True to get None for it")
+        if type(g) is OuterProductSum:
+            g = g.materialize()
+        if g is not None and not isinstance(g, _tensor_class):
+            g = _output(np.array(g, dtype=x.dtype, copy=True), None, False)
+        elif g is not None and g.dtype != x.dtype:
+            g = g.astype(x.dtype)
+        result.append(g)
+    return tuple(result)
+
+
+def _as_tensor_list(values, what):
+    values = [values] if isinstance(values, _tensor_class) else list(values)
+    if not values:
+        raise ValueError(f"grad: {what} is empty")
+    for i, v in enumerate(values):
+        if not isinstance(v, _tensor_class):
+            raise TypeError(f"grad: {what}[{i}] is a {type(v).__name__}, expected a Tensor")
+    return values
+
+
+def _seed_grad(out, grad, create_graph, who):
+    """The gradient a backward starts from: ones for a single element, else the given one,
+    of the output's shape and dtype; a Tensor under create_graph, else an array."""
+    if grad is None:
+        if out.data.size != 1:
+            raise RuntimeError(f"{who} has shape {out.shape}; the gradient can be implied only for "
+                               "a single-element output. Pass the gradient of the same shape "
+                               "(grad_outputs=, or backward's grad=) or reduce it first (.sum())")
+        grad = np.ones(out.shape, dtype=out.dtype)
+    if isinstance(grad, _tensor_class):
+        if not create_graph:
+            grad = grad.data
+    else:
+        grad = np.asarray(grad)
+    if grad.shape != out.shape:
+        raise ShapeError(f"{who}: its gradient has shape {grad.shape}, expected the output's "
+                         f"shape {out.shape}")
+    if grad.dtype != out.dtype:
+        grad = grad.astype(out.dtype) if isinstance(grad, _tensor_class) else \
+            grad.astype(out.dtype, copy=False)
+    if create_graph and not isinstance(grad, _tensor_class):
+        grad = _output(grad, None, False)
+    return grad
+
+
+def _arrays(grads):
+    return [g.data if isinstance(g, _tensor_class) else g for g in grads]
+
+
+# --- backward on Tensors (create_graph) -------------------------------------------------------
+
+def _graph_rule(ctx, outs):
+    """``ctx``'s backward as a function of Tensors: run on a copy of the node whose saved
+    inputs and output are the graph's Tensors, so every op of the rule is recorded.
+
+    The output Tensor comes from the walk (the tensor the gradient arrived through), not
+    from the node: a node never holds its output, so there is no node -> output -> node
+    reference cycle, and the copy lives only while the rule runs.
+    """
+    if not ctx.differentiable_backward:
+        return _once_differentiable(ctx)
+    view = _new(type(ctx))
+    view.__dict__.update(ctx.__dict__)
+    view.xp = _tensor_math
+    for name, p in zip(ctx.saved_inputs, ctx.parents):
+        if name is not None:
+            setattr(view, name, p)
+    if ctx.saved_output is not None:
+        setattr(view, ctx.saved_output, outs[0])
+
+    def rule(*grads):
+        return tuple(_as_tensor(g) for g in view.backward(*grads))
+    return rule
+
+
+def _as_tensor(g):
+    if g is None or isinstance(g, _tensor_class):
+        return g
+    return _output(g, None, False)      # a rule's constant (e.g. zeros): no graph behind it
+
+
+def _once_differentiable(ctx):
+    """A backward that only runs on arrays (a user's Function not written with ``self.xp``):
+    its gradients are right, and differentiating them again is an error, not a silent 0."""
+    def rule(*grads):
+        arrays = ctx.backward(*[None if g is None else g.data for g in grads])
+        return tuple(None if a is None else
+                     BackwardOnArrays.apply(*[g for g in grads if g is not None], *ctx.parents,
+                                            result=a, op=ctx.op_name())
+                     for a in arrays)
+    return rule
+
+
+class BackwardOnArrays(Function):
+    """The gradient computed by a backward that works on arrays only (see above)."""
+
+    name = "backward_on_arrays"
+
+    def forward(self, *grads, result, op):
+        self.op = op
+        return result
+
+    def backward(self, g):
+        raise RuntimeError(
+            f"backward: the gradient of '{self.op}' was computed by a backward that works on "
+            "numpy arrays only, so it cannot be differentiated again. Write that Function's "
+            "backward with self.xp and the operations arrays and Tensors share, and set "
+            "differentiable_backward = True (see tinygrad_rnn/ops.py)")
+
+
+_tensor_math = None         # ops.TensorMath, set by ops.py (the layer above)
+
+
+# --- version counters ---------------------------------------------------------------------
+
+def _check_saved_input(ctx, p):
+    """``p`` changed in place after ``ctx``'s forward: an error if ``ctx``'s backward reads it."""
+    for i, q in enumerate(ctx.parents):
+        if q is p and i < len(ctx.saved_inputs) and ctx.saved_inputs[i] is not None:
+            saved = sum(1 for tick in p._modified if tick < ctx.seq)
+            raise _modified_error(ctx, p, "input", i, saved)
+
+
+def _modified_error(ctx, t, role, index, saved_version):
+    return RuntimeError(
+        f"backward: one of the tensors needed for gradient computation has been modified in "
+        f"place: {role} {index} of '{ctx.op_name()}' (shape {t.shape}{_named(t)}) is at "
+        f"version {len(t._modified)}; expected version {saved_version}, the version its "
+        "forward saved. Something changed it between the forward and this backward (an "
+        "optimizer step, an init function, load_state_dict, an in-place method such as "
+        "copy_). Run the backward before changing it (optimizer.step() after backward), or "
+        "run the forward again afterwards.")
+
+
+def _named(t):
+    return f", '{t.name}'" if t.name else ""
 
 
 def _run_hooks(t, g):

@@ -4,6 +4,13 @@ Forward receives numpy arrays and returns one; backward receives the output grad
 returns one gradient per input, reduced to that input's shape (``unbroadcast``). Anything
 not here (``mean``, ``chunk``, ``split``, ``softmax`` composites, subtraction of a scalar,
 ...) is built from these in tensor.py and gets its gradient for free.
+
+Each backward is one derivative rule with two interpreters. It is written with operations
+that numpy arrays and Tensors both have (``*``, ``-``, ``@``, ``.T``, ``.sum(axis)``,
+``.reshape``) and, for the rest, with ``self.xp``: `ArrayMath` on the first-order path (the
+Numba kernels, numpy), `TensorMath` under ``create_graph=True``, where the walk hands the
+rule the node's saved inputs and output as the Tensors of the graph (``saved_inputs``,
+``saved_output``), so the gradient it returns is itself on the tape.
 """
 
 import contextlib
@@ -12,7 +19,7 @@ import weakref
 
 import numpy as np
 
-from . import kernels
+from . import autograd, kernels
 from .autograd import Function, OuterProductSum
 
 
@@ -27,6 +34,157 @@ def unbroadcast(grad, shape):
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
     return grad
+
+
+def _stack_slices(shape, dtype, axis, grads):
+    """Slice gradients (None: zero) written into one array of ``shape`` along ``axis``."""
+    # Zero-fill only if some slice gets no gradient; otherwise every element is written.
+    every_slice = all(g is not None for g in grads)
+    out = (np.empty if every_slice else np.zeros)(shape, dtype=dtype)
+    moved = np.moveaxis(out, axis, 0)      # a view: writes land in out
+    for i, g in enumerate(grads):
+        if g is not None:
+            moved[i] = g
+    return out
+
+
+def _scatter_add(g, shape, dtype, index):
+    """Zeros of ``shape`` with ``g`` added at ``index``: the adjoint of ``a[index]``."""
+    out = np.zeros(shape, dtype=dtype)
+    if _has_advanced_index(index):
+        np.add.at(out, index, g)   # repeated indices (an embedding row used twice) add up
+    else:
+        out[index] = g
+    return out
+
+
+class ArrayMath:
+    """The rules' vocabulary on numpy arrays: the first-order path, fused kernels included.
+    The kernels are looked up at each call, so ``TINYGRAD_RNN_NUMBA=0`` and the tests'
+    rebinding of ``kernels.*`` reach the rules."""
+
+    @staticmethod
+    def tanh_backward(g, y):
+        return kernels.tanh_backward(g, y)
+
+    @staticmethod
+    def sigmoid_backward(g, s):
+        return kernels.sigmoid_backward(g, s)
+
+    @staticmethod
+    def relu_backward(g, x):
+        return kernels.relu_backward(g, x)
+
+    @staticmethod
+    def sqrt_backward(g, y):
+        return kernels.sqrt_backward(g, y)
+
+    @staticmethod
+    def div_rhs_backward(g, out, b):
+        return kernels.div_rhs_backward(g, out, b)
+
+    @staticmethod
+    def weight_grad(a, b):
+        return _weight_grad(a, b)
+
+    log, exp, sign, where = np.log, np.exp, np.sign, np.where
+    expand_dims, swapaxes, broadcast_to = np.expand_dims, np.swapaxes, np.broadcast_to
+    zeros, concatenate = np.zeros, np.concatenate
+    stack_slices, scatter_add = staticmethod(_stack_slices), staticmethod(_scatter_add)
+
+    @staticmethod
+    def split(g, sizes, axis):
+        return np.split(g, np.cumsum(sizes)[:-1], axis=axis)
+
+    @staticmethod
+    def unstack(g, axis):
+        moved = np.moveaxis(g, axis, 0)
+        return [moved[i] for i in range(moved.shape[0])]
+
+
+def _constant(array):
+    return autograd._output(array, None, False)
+
+
+class TensorMath:
+    """The same vocabulary on Tensors, each word composed from the catalogue's ops, so a
+    rule run here records the gradient's computation. The kernels' formulas are the numpy
+    references of kernels.py, which the Numba kernels are tested against."""
+
+    tanh_backward = staticmethod(kernels.numpy_kernels.tanh_backward)        # g * (1 - y*y)
+    sigmoid_backward = staticmethod(kernels.numpy_kernels.sigmoid_backward)  # g * s * (1 - s)
+    sqrt_backward = staticmethod(kernels.numpy_kernels.sqrt_backward)        # g * 0.5 / y
+    div_rhs_backward = staticmethod(kernels.numpy_kernels.div_rhs_backward)  # -g * out / b
+
+    @staticmethod
+    def relu_backward(g, x):
+        return TensorMath.where(x.data > 0, g, 0.0)
+
+    @staticmethod
+    def weight_grad(a, b):
+        return a.T @ b          # no deferral: each use's product is a node of the graph
+
+    @staticmethod
+    def log(x):
+        return x.log()
+
+    @staticmethod
+    def exp(x):
+        return x.exp()
+
+    @staticmethod
+    def sign(x):
+        return _constant(np.sign(x.data))           # piecewise constant: no gradient
+
+    @staticmethod
+    def where(mask, a, b):
+        mask = mask.data if isinstance(mask, autograd._tensor_class) else mask
+        like = a if isinstance(a, autograd._tensor_class) else b
+        return Where.apply(_constant(mask), like._operand(a, "where"), like._operand(b, "where"))
+
+    @staticmethod
+    def expand_dims(g, axes):
+        return g.reshape(np.expand_dims(np.empty(g.shape, dtype=bool), axes).shape)
+
+    @staticmethod
+    def swapaxes(x, axis1, axis2):
+        axes = list(range(x.ndim))
+        axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+        return x.transpose(tuple(axes))
+
+    @staticmethod
+    def broadcast_to(g, shape):
+        return g + _constant(np.zeros(shape, dtype=g.dtype))   # Add's rule sums it back
+
+    @staticmethod
+    def zeros(shape, dtype):
+        return _constant(np.zeros(shape, dtype=dtype))
+
+    @staticmethod
+    def concatenate(parts, axis):
+        return Cat.apply(*parts, axis=axis)
+
+    @staticmethod
+    def stack_slices(shape, dtype, axis, grads):
+        piece = shape[:axis] + shape[axis + 1:]
+        parts = [g if g is not None else TensorMath.zeros(piece, dtype) for g in grads]
+        return Stack.apply(*parts, axis=axis)
+
+    @staticmethod
+    def scatter_add(g, shape, dtype, index):
+        return ScatterAdd.apply(g, shape=shape, dtype=dtype, index=index)
+
+    @staticmethod
+    def split(g, sizes, axis):
+        return list(Split.apply(g, sizes=tuple(sizes), axis=axis))
+
+    @staticmethod
+    def unstack(g, axis):
+        return list(Unbind.apply(g, axis=axis))
+
+
+Function.xp = ArrayMath              # the first-order interpreter; _graph_rule swaps in TensorMath
+autograd._tensor_math = TensorMath
 
 
 class _Binary(Function):
@@ -64,6 +222,8 @@ class Sub(_Binary):
 
 
 class Mul(_Binary):
+    saved_inputs = ("a", "b")
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a * b
@@ -75,19 +235,23 @@ class Mul(_Binary):
 
 
 class Div(_Binary):
+    saved_inputs, saved_output = (None, "b"), "out"
+
     def forward(self, a, b):
-        self.a, self.b = a, b
+        self.a_shape, self.b = a.shape, b
         self.out = a / b
         return self.out
 
     def backward(self, g):
-        a, b = self.a, self.b
-        return (unbroadcast(g / b, a.shape) if self.needs_input_grad[0] else None,
-                unbroadcast(kernels.div_rhs_backward(g, self.out, b), b.shape)
+        b = self.b
+        return (unbroadcast(g / b, self.a_shape) if self.needs_input_grad[0] else None,
+                unbroadcast(self.xp.div_rhs_backward(g, self.out, b), b.shape)
                 if self.needs_input_grad[1] else None)
 
 
 class Pow(_Binary):
+    saved_inputs, saved_output = ("a", "b"), "out"
+
     def forward(self, a, b):
         self.a, self.b = a, b
         self.out = a ** b
@@ -99,7 +263,7 @@ class Pow(_Binary):
         if self.needs_input_grad[0]:
             ga = unbroadcast(g * b * a ** (b - 1), a.shape)
         if self.needs_input_grad[1]:
-            gb = unbroadcast(g * self.out * np.log(a), b.shape)
+            gb = unbroadcast(g * self.out * self.xp.log(a), b.shape)
         return ga, gb
 
 
@@ -141,34 +305,36 @@ class MatMul(Function):
         return (f"matmul: batch dimensions of shapes {a.shape} and {b.shape} cannot be "
                 "broadcast together")
 
+    saved_inputs = ("a", "b")
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a @ b
 
     def backward(self, g):
-        a, b = self.a, self.b
+        a, b, xp = self.a, self.b, self.xp
         need_a, need_b = self.needs_input_grad
         if a.ndim == 2 and b.ndim == 2:
-            return (g @ b.T if need_a else None, _weight_grad(a, g) if need_b else None)
+            return (g @ b.T if need_a else None, xp.weight_grad(a, g) if need_b else None)
         if b.ndim == 2 and a.ndim > 2:
             # (..., n, k) @ (k, m): fold the batch into rows so gb is one BLAS call.
             ga = g @ b.T if need_a else None
-            gb = _weight_grad(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])) if need_b else None
+            gb = xp.weight_grad(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])) if need_b else None
             return ga, gb
         # General case: lift 1-D operands to matrices, then reduce the broadcast batch dims.
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
+        a2 = xp.expand_dims(a, 0) if a.ndim == 1 else a
+        b2 = xp.expand_dims(b, -1) if b.ndim == 1 else b
         # b's axis first: for 1-D @ 1-D, g is 0-d and has no axis -2 until it has one.
         g2 = g
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
+            g2 = xp.expand_dims(g2, -1)
         if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
+            g2 = xp.expand_dims(g2, -2)
         ga = gb = None
         if need_a:
-            ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
         if need_b:
-            gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+            gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
         return ga, gb
 
 
@@ -223,6 +389,8 @@ class Linear(Function):
                 f"expected input (..., {w.shape[-1] if w.ndim else '?'}), weight (out, in), "
                 "bias (out,)")
 
+    saved_inputs = ("x", "w")
+
     def forward(self, x, w, b=None):
         if w.ndim != 2 or x.shape[-1:] != w.shape[1:] or (b is not None and b.shape != w.shape[:1]):
             raise ValueError("shape mismatch")
@@ -237,7 +405,7 @@ class Linear(Function):
         need = self.needs_input_grad
         gx = g @ w if need[0] else None
         g2 = g.reshape(-1, g.shape[-1])
-        gw = _weight_grad(g2, x.reshape(-1, x.shape[-1])) if need[1] else None
+        gw = self.xp.weight_grad(g2, x.reshape(-1, x.shape[-1])) if need[1] else None
         if len(need) > 2:
             return gx, gw, (g2.sum(axis=0) if need[2] else None)
         return gx, gw
@@ -246,33 +414,41 @@ class Linear(Function):
 # --- pointwise -------------------------------------------------------------------------------
 
 class Tanh(Function):
+    saved_output = "out"
+
     def forward(self, a):
         self.out = np.tanh(a)
         return self.out
 
     def backward(self, g):
-        return (kernels.tanh_backward(g, self.out),)
+        return (self.xp.tanh_backward(g, self.out),)
 
 
 class Sigmoid(Function):
+    saved_output = "out"
+
     def forward(self, a):
         self.out = kernels.sigmoid(a) if a.dtype.kind == "f" else kernels.sigmoid(a.astype(np.float64))
         return self.out
 
     def backward(self, g):
-        return (kernels.sigmoid_backward(g, self.out),)
+        return (self.xp.sigmoid_backward(g, self.out),)
 
 
 class Relu(Function):
+    saved_inputs = ("a",)
+
     def forward(self, a):
         self.a = a
         return np.maximum(a, 0)
 
     def backward(self, g):
-        return (kernels.relu_backward(g, self.a),)
+        return (self.xp.relu_backward(g, self.a),)
 
 
 class Exp(Function):
+    saved_output = "out"
+
     def forward(self, a):
         self.out = np.exp(a)
         return self.out
@@ -282,6 +458,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    saved_inputs = ("a",)
+
     def forward(self, a):
         self.a = a
         return np.log(a)
@@ -291,21 +469,25 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    saved_output = "out"
+
     def forward(self, a):
         self.out = np.sqrt(a)
         return self.out
 
     def backward(self, g):
-        return (kernels.sqrt_backward(g, self.out),)
+        return (self.xp.sqrt_backward(g, self.out),)
 
 
 class Abs(Function):
+    saved_inputs = ("a",)
+
     def forward(self, a):
         self.a = a
         return np.abs(a)
 
     def backward(self, g):
-        return (g * np.sign(self.a),)
+        return (g * self.xp.sign(self.a),)
 
 
 # --- reductions ----------------------------------------------------------------------------
@@ -322,10 +504,10 @@ def _normalize_axis(axis, ndim):
     return tuple(out)
 
 
-def _expand_reduced(g, shape, axes, keepdims):
+def _expand_reduced(xp, g, shape, axes, keepdims):
     """Put back the reduced axes of a gradient so it broadcasts against the input."""
     if not keepdims and len(shape):
-        g = np.expand_dims(g, axes)
+        g = xp.expand_dims(g, axes)
     return g
 
 
@@ -341,8 +523,8 @@ class Sum(Function):
         return np.sum(a, axis=self.axes, keepdims=keepdims)
 
     def backward(self, g):
-        g = _expand_reduced(g, self.shape, self.axes, self.keepdims)
-        return (np.broadcast_to(g, self.shape),)
+        g = _expand_reduced(self.xp, g, self.shape, self.axes, self.keepdims)
+        return (self.xp.broadcast_to(g, self.shape),)
 
 
 class Max(Function):
@@ -351,18 +533,19 @@ class Max(Function):
         return f"max: cannot reduce shape {arrays[0].shape} over axis={attrs.get('axis')}: {exc}"
 
     def forward(self, a, axis=None, keepdims=False):
-        self.a = a
+        self.shape = a.shape
         self.axes = _normalize_axis(axis, a.ndim)
         self.keepdims = keepdims
-        self.out = np.max(a, axis=self.axes, keepdims=True)
-        return self.out if keepdims else np.squeeze(self.out, axis=self.axes)
+        out = np.max(a, axis=self.axes, keepdims=True)
+        # Ties share the gradient equally (the subgradient PyTorch's amax uses): a constant
+        # weight per element, so the rule is linear in g and Max's second derivative is 0.
+        winners = a == out
+        self.share = winners / winners.sum(axis=self.axes, keepdims=True).astype(a.dtype)
+        return out if keepdims else np.squeeze(out, axis=self.axes)
 
     def backward(self, g):
-        # Ties share the gradient equally (the subgradient PyTorch's amax uses).
-        mask = self.a == self.out
-        count = mask.sum(axis=self.axes, keepdims=True)
-        g = _expand_reduced(g, self.a.shape, self.axes, self.keepdims)
-        return ((mask * (g / count)).astype(self.a.dtype, copy=False),)
+        g = _expand_reduced(self.xp, g, self.shape, self.axes, self.keepdims)
+        return (g * self.share,)
 
 
 # --- shape ----------------------------------------------------------------------------------
@@ -403,7 +586,7 @@ class Transpose(Function):
         return out
 
     def backward(self, g):
-        return (np.transpose(g, np.argsort(self.axes)),)
+        return (g.transpose(tuple(int(ax) for ax in np.argsort(self.axes))),)
 
 
 def _has_advanced_index(index):
@@ -422,12 +605,21 @@ class GetItem(Function):
         return a[index]
 
     def backward(self, g):
-        out = np.zeros(self.shape, dtype=self.dtype)
-        if _has_advanced_index(self.index):
-            np.add.at(out, self.index, g)   # repeated indices (an embedding row used twice) add up
-        else:
-            out[self.index] = g
-        return (out,)
+        return (self.xp.scatter_add(g, self.shape, self.dtype, self.index),)
+
+
+class ScatterAdd(Function):
+    """Zeros of ``shape`` with ``g`` added at ``index``: getitem's gradient as an op, so that
+    under ``create_graph`` it is on the tape (its own gradient is getitem again)."""
+
+    name = "scatter_add"
+
+    def forward(self, g, shape, dtype, index):
+        self.index = index
+        return _scatter_add(g, shape, dtype, index)
+
+    def backward(self, g):
+        return (g[self.index],)
 
 
 class Cat(Function):
@@ -445,8 +637,7 @@ class Cat(Function):
         return np.concatenate(arrays, axis=axis)
 
     def backward(self, g):
-        bounds = np.cumsum(self.sizes)[:-1]
-        parts = np.split(g, bounds, axis=self.axis)
+        parts = self.xp.split(g, self.sizes, self.axis)
         return tuple(p if need else None for p, need in zip(parts, self.needs_input_grad))
 
 
@@ -463,8 +654,8 @@ class Stack(Function):
         return np.stack(arrays, axis=axis)
 
     def backward(self, g):
-        parts = np.moveaxis(g, self.axis, 0)
-        return tuple(parts[i] if need else None for i, need in enumerate(self.needs_input_grad))
+        parts = self.xp.unstack(g, self.axis)
+        return tuple(part if need else None for part, need in zip(parts, self.needs_input_grad))
 
 
 class Split(Function):
@@ -487,9 +678,9 @@ class Split(Function):
         for g, size in zip(grads, self.sizes):
             if g is None:       # an unused piece (e.g. a gate nobody read) gets zero gradient
                 shape = self.shape[:self.axis] + (size,) + self.shape[self.axis + 1:]
-                g = np.zeros(shape, dtype=self.dtype)
+                g = self.xp.zeros(shape, dtype=self.dtype)
             parts.append(g)
-        return (np.concatenate(parts, axis=self.axis),)
+        return (self.xp.concatenate(parts, axis=self.axis),)
 
 
 class Unbind(Function):
@@ -501,14 +692,7 @@ class Unbind(Function):
         return tuple(moved[i] for i in range(moved.shape[0]))
 
     def backward(self, *grads):
-        # Zero-fill only if some slice gets no gradient; otherwise every element is written.
-        every_slice = all(g is not None for g in grads)
-        out = (np.empty if every_slice else np.zeros)(self.shape, dtype=self.dtype)
-        moved = np.moveaxis(out, self.axis, 0)      # a view: writes land in out
-        for i, g in enumerate(grads):
-            if g is not None:
-                moved[i] = g
-        return (out,)
+        return (self.xp.stack_slices(self.shape, self.dtype, self.axis, grads),)
 
 
 class Where(Function):
@@ -530,14 +714,17 @@ class Where(Function):
     def backward(self, g):
         zero = np.zeros((), dtype=g.dtype)
         sa, sb = self.shapes
+        where = self.xp.where
         return (None,
-                unbroadcast(np.where(self.mask, g, zero), sa) if self.needs_input_grad[1] else None,
-                unbroadcast(np.where(self.mask, zero, g), sb) if self.needs_input_grad[2] else None)
+                unbroadcast(where(self.mask, g, zero), sa) if self.needs_input_grad[1] else None,
+                unbroadcast(where(self.mask, zero, g), sb) if self.needs_input_grad[2] else None)
 
 
 # --- numerically stable softmax family ---------------------------------------------------
 
 class Softmax(Function):
+    saved_output = "out"
+
     @classmethod
     def describe_error(cls, arrays, attrs, exc):
         return f"softmax: invalid axis {attrs.get('axis')} for shape {arrays[0].shape}"
@@ -555,6 +742,7 @@ class Softmax(Function):
 
 class LogSoftmax(Function):
     name = "log_softmax"
+    saved_output = "out"
 
     @classmethod
     def describe_error(cls, arrays, attrs, exc):
@@ -567,4 +755,11 @@ class LogSoftmax(Function):
         return self.out
 
     def backward(self, g):
-        return (g - np.exp(self.out) * g.sum(axis=self.axis, keepdims=True),)
+        return (g - self.xp.exp(self.out) * g.sum(axis=self.axis, keepdims=True),)
+
+
+# Every rule above is written with ``self.xp`` and the arrays' and Tensors' common operations,
+# so create_graph may run it on Tensors (a user's own Function opts in the same way).
+for _op in list(globals().values()):
+    if isinstance(_op, type) and issubclass(_op, Function) and _op.__module__ == __name__:
+        _op.differentiable_backward = True

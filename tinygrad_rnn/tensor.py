@@ -73,7 +73,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_index", "_hooks", "_retain", "name",
-                 "__weakref__")
+                 "grad_tensor", "_modified", "__weakref__")
     __array_priority__ = 1000   # numpy_array + tensor dispatches to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, name=None):
@@ -99,6 +99,8 @@ class Tensor:
         self._hooks = None
         self._retain = False
         self.name = name
+        self.grad_tensor = None     # the gradient as a Tensor on the tape, after create_graph
+        self._modified = None       # ticks of the in-place changes (version counter)
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -187,33 +189,93 @@ class Tensor:
     __hash__ = object.__hash__
 
     # --- autograd -----------------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad."""
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad.
+
+        ``.grad`` is always a numpy array. With ``create_graph=True`` the backward's own ops
+        are recorded and each leaf also gets ``.grad_tensor``: the same values as a Tensor on
+        the tape, to differentiate again (``tg.grad`` returns such Tensors directly).
+        ``retain_graph`` defaults to ``create_graph``.
+        """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no graph "
                                "(no input of the ops that made it had requires_grad=True, or it "
                                "was computed under no_grad)")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward: the output has shape {self.shape}; grad can be "
-                                   "implied only for a single-element output. Pass grad= of the "
-                                   "same shape or reduce it first (e.g. .sum())")
-            grad = np.ones(self.shape, dtype=self.dtype)
-        else:
-            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
-            if grad.shape != self.shape:
-                raise ShapeError(f"backward: grad has shape {grad.shape}, expected the output's "
-                                 f"shape {self.shape}")
-            grad = grad.astype(self.dtype, copy=False)
-        _backward_walk(self, grad, retain_graph=retain_graph)
+        if retain_graph is None:
+            retain_graph = create_graph
+        grad = autograd._seed_grad(self, grad, create_graph, "backward: the output")
+        _backward_walk(self, grad, retain_graph=retain_graph, create_graph=create_graph)
 
     def _accumulate_grad(self, g):
+        if type(g) is Tensor:                   # create_graph: keep the graph in grad_tensor
+            if g.dtype != self.data.dtype:
+                g = g.astype(self.data.dtype)
+            if self.grad_tensor is not None:
+                g = self.grad_tensor + g
+            elif self.grad is not None:
+                g = Tensor(self.grad) + g
+            self.grad_tensor = g
+            self.grad = np.array(g.data, copy=True)
+            return
         if g.dtype != self.data.dtype:
             g = g.astype(self.data.dtype)
         if self.grad is None:
             self.grad = np.array(g, copy=True)   # never alias an array the walk shares
         else:
             self.grad = self.grad + g
+        if self.grad_tensor is not None:         # keep both sums equal
+            self.grad_tensor = self.grad_tensor + Tensor(g)
+
+    # --- version counter ----------------------------------------------------------------
+    @property
+    def version(self):
+        """How many times ``.data`` was changed in place (optimizer steps, init functions,
+        ``load_state_dict``, ``copy_``...). A backward through an op that saved this tensor
+        at an older version raises instead of computing a wrong gradient."""
+        return 0 if self._modified is None else len(self._modified)
+
+    def _bump_version(self):
+        """Record an in-place change of ``.data`` (call it after changing the array)."""
+        tick = next(autograd._sequence)     # the nodes' clock: a node older than it saw the old data
+        if self._modified is None:
+            self._modified = [tick]
+        else:
+            self._modified.append(tick)
+
+    def _check_in_place(self, op):
+        if self.requires_grad and autograd.is_grad_enabled():
+            raise RuntimeError(f"{op}: an in-place change of a tensor that requires grad (shape "
+                               f"{self.shape}) is not recorded on the tape; do it under "
+                               "tg.no_grad(), as an optimizer step does")
+
+    def copy_(self, src):
+        """Overwrite the values in place with ``src`` (broadcast to this shape); bumps the version."""
+        self._check_in_place("copy_")
+        src = src.data if isinstance(src, Tensor) else np.asarray(src)
+        try:
+            np.copyto(self.data, np.broadcast_to(src, self.shape), casting="same_kind")
+        except (ValueError, TypeError) as exc:
+            raise ShapeError(f"copy_: cannot copy shape {np.shape(src)} ({src.dtype}) into a tensor "
+                             f"of shape {self.shape} ({self.dtype}): {exc}") from None
+        self._bump_version()
+        return self
+
+    def zero_(self):
+        """Set every value to zero in place; bumps the version."""
+        self._check_in_place("zero_")
+        self.data[...] = 0
+        self._bump_version()
+        return self
+
+    def add_(self, other, alpha=1.0):
+        """``self += alpha * other`` in place; bumps the version."""
+        self._check_in_place("add_")
+        return self.copy_(self.data + alpha * self._operand(other, "add_").data)
+
+    def mul_(self, other):
+        """``self *= other`` in place; bumps the version."""
+        self._check_in_place("mul_")
+        return self.copy_(self.data * self._operand(other, "mul_").data)
 
     def retain_grad(self):
         """Keep ``.grad`` on a non-leaf tensor after backward (leaves always keep it)."""
