@@ -195,6 +195,7 @@ def _copy_into(ours, theirs, who):
     if array.shape != ours.shape:
         raise ShapeError(f"from_torch: {who} has shape {tuple(array.shape)} but ours is {ours.shape}")
     ours.data = np.array(array, dtype=ours.dtype, copy=True)
+    ours._bump_version()
 
 
 def from_torch(m, dtype=np.float64):

@@ -65,9 +65,10 @@ class Optimizer:
         self.step_count = 0
 
     def zero_grad(self):
-        """Forget every parameter's gradient (``.grad = None``), before the next backward."""
+        """Forget every parameter's gradient (``.grad = None``, and ``.grad_tensor``), before
+        the next backward."""
         for p in self.params:
-            p.grad = None
+            p.grad = p.grad_tensor = None
 
     def step(self):
         """One update of every parameter that has a gradient; those whose ``.grad`` is None
@@ -81,6 +82,7 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}.step: params[{i}] has shape {p.shape} but "
                                  f"its grad has shape {g.shape}")
             self._update(i, p, np.asarray(g, dtype=p.dtype))
+            p._bump_version()       # a graph recorded before this step is now out of date
 
     def _update(self, i, p, g):
         raise NotImplementedError  # abstract: each optimizer defines its rule

@@ -20,6 +20,7 @@ def rng():
 
 def _fill(tensor, values):
     tensor.data[...] = values.astype(tensor.dtype, copy=False)
+    tensor._bump_version()
     return tensor
 
 
@@ -33,6 +34,7 @@ def normal_(tensor, mean=0.0, std=1.0):
 
 def zeros_(tensor):
     tensor.data[...] = 0
+    tensor._bump_version()
     return tensor
 
 

@@ -107,6 +107,7 @@ class Module:
         for name, p in own.items():
             if name in state:
                 p.data = np.array(state[name], dtype=p.dtype, copy=True)
+                p._bump_version()       # a graph recorded before the load used the old values
         return self
 
     def num_parameters(self):

@@ -1,12 +1,13 @@
 """Gradient checking for users' own ops, models and cells.
 
 ``gradcheck`` compares every analytic gradient with central finite differences in float64;
+``gradgradcheck`` does the same for second derivatives (the gradient of a gradient);
 ``check_vjp`` checks the cheap dot-product property ``<u, J^T v> = <J u, v>``; the
 hypothesis strategies live in ``tinygrad_rnn.testing.strategies`` and ``check_cell`` (a
 whole property suite for any recurrent cell) in ``tinygrad_rnn.testing.cells``.
 """
 
-from .gradcheck import check_vjp, gradcheck
+from .gradcheck import check_vjp, gradcheck, gradgradcheck
 
 
 def __getattr__(name):
@@ -27,4 +28,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'tinygrad_rnn.testing' has no attribute {name!r}")
 
 
-__all__ = ["gradcheck", "check_vjp", "check_cell", "strategies"]
+__all__ = ["gradcheck", "gradgradcheck", "check_vjp", "check_cell", "strategies"]
