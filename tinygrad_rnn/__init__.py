@@ -1,6 +1,6 @@
 """tinygrad_rnn: a small autograd engine on which recurrent networks are their equations."""
 
-from . import autograd, kernels, nn, ops, optim, rnn
+from . import autograd, func, kernels, nn, ops, optim, rnn
 from .autograd import ShapeError, enable_grad, grad, is_grad_enabled, no_grad
 from .nn.init import manual_seed
 from .rnn import (
