@@ -19,7 +19,10 @@ float64, and checks five properties:
 4. with ``lengths``, each padded sequence gives the outputs, final state and gradients it
    gives alone (outputs past its length exactly zero);
 5. truncated BPTT with a window covering the sequence equals full BPTT, and shorter windows
-   equal the sum of the windows' separate gradients.
+   equal the sum of the windows' separate gradients;
+6. (``second_order=True``) BPTT's own derivatives: the gradients differentiated again
+   (``create_graph``) equal central differences of the first-order gradients
+   (``gradgradcheck``), for the parameters, the inputs and the initial state.
 
 A failure raises one ``AssertionError`` naming the property, the error, and hypothesis'
 shrunk falsifying example.
@@ -38,7 +41,7 @@ from ..nn import init
 from ..rnn.cell import describe_structure, detach_state, same_structure, tree_leaves, tree_map
 from ..rnn.unroll import Unroll
 from ..tensor import Tensor, default_dtype, stack
-from .gradcheck import check_vjp, gradcheck
+from .gradcheck import check_vjp, gradcheck, gradgradcheck
 
 PROPERTIES = {
     1: "BPTT gradients equal finite differences",
@@ -46,6 +49,7 @@ PROPERTIES = {
     3: "the state keeps its structure, shapes and dtype",
     4: "a padded sequence with lengths equals the unpadded sequence",
     5: "truncated BPTT equals full BPTT when the window covers the sequence",
+    6: "second derivatives of BPTT equal finite differences of its gradients",
 }
 
 # Values compared between two computations of the same thing (batched vs one row at a
@@ -54,7 +58,8 @@ _SAME_RTOL, _SAME_ATOL = 1e-9, 1e-12
 
 
 def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=3, max_steps=6,
-               max_batch=3, derandomize=True, atol=1e-6, rtol=1e-5):
+               max_batch=3, derandomize=True, atol=1e-6, rtol=1e-5, second_order=False,
+               second_order_examples=2):
     """Property-test a recurrent cell; raise ``AssertionError`` if any property fails.
 
     ``factory()`` builds a fresh cell (``forward(x, state) -> (output, new_state)`` and
@@ -68,6 +73,8 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
     ``max_steps`` steps and batches of 1 to ``max_batch``. ``derandomize=True`` makes every
     run draw the same examples (deterministic CI); ``False`` explores new ones each run.
     ``atol``/``rtol`` are the finite-difference tolerances of property 1.
+    ``second_order=True`` adds property 6 (``second_order_examples`` examples of at most 2
+    steps: each costs two backwards per parameter element).
 
     The cell runs in eval mode (``cell.eval()``): dropout masks would make finite
     differences meaningless.
@@ -83,8 +90,14 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
         if not isinstance(size, (int, np.integer)) or size < 0:
             raise ValueError(f"check_cell: input_size must be a non-negative integer, got {size!r}")
         suite = _Suite(factory, int(size), probe, name, max_steps, max_batch, atol, rtol)
-        for number, prop, strategy, full_check in suite.properties():
+        properties = suite.properties()
+        if second_order:
+            properties.append((6, suite.second_derivatives, suite.cases(max_steps=2, max_batch=2),
+                               True))
+        for number, prop, strategy, full_check in properties:
             n = gradcheck_examples if full_check else max_examples
+            if number == 6:
+                n = second_order_examples
             _run(prop, strategy, n, derandomize, name, number)
 
 
@@ -285,6 +298,17 @@ class _Suite:
             fn, leaves = self.unroll_fn(cell, case, lengths)
             check_vjp(fn, Tensor(case.xs, requires_grad=True, name="xs"), *leaves,
                       params=_parameters(cell), atol=self.atol, rtol=self.rtol)
+
+    # --- property 6 ----------------------------------------------------------------------
+
+    def second_derivatives(self, case):
+        """gradgradcheck of the unroll: d/dx of (dL/dx . u) against finite differences."""
+        cell = self.build(case.weight_seed)
+        fn, leaves = self.unroll_fn(cell, case)
+        # Second differences lose digits: the tolerances of gradgradcheck, not property 1's.
+        gradgradcheck(fn, Tensor(case.xs, requires_grad=True, name="xs"), *leaves,
+                      params=_parameters(cell), atol=max(self.atol, 1e-5),
+                      rtol=max(self.rtol, 1e-4))
 
     # --- property 2 ----------------------------------------------------------------------
 
