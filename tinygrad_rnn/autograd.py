@@ -665,13 +665,21 @@ def _run_hooks(t, g):
         for hook in t._hooks:
             replaced = hook(g)
             if replaced is not None:
-                g = _check_hook_grad(t, replaced)
+                g = _check_hook_grad(t, replaced, as_tensor=isinstance(g, _tensor_class))
     return g
 
 
-def _check_hook_grad(t, g):
-    g = np.asarray(g)
+def _check_hook_grad(t, g, as_tensor=False):
+    """A hook's gradient of ``t``'s shape and dtype: an array, or under create_graph (where
+    hooks receive Tensors) a Tensor."""
+    if isinstance(g, _tensor_class):
+        g = g if as_tensor else g.data
+    else:
+        g = np.asarray(g)
     if g.shape != t.shape:
         raise ShapeError(f"hook: returned a gradient of shape {g.shape} for a tensor of shape "
                          f"{t.shape}; a hook must return None or an array of the tensor's shape")
+    if as_tensor:
+        g = g if isinstance(g, _tensor_class) else _output(g, None, False)
+        return g if g.dtype == t.dtype else g.astype(t.dtype)
     return g.astype(t.dtype, copy=False)
