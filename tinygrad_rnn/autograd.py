@@ -470,7 +470,7 @@ def _finish_output_grad(ctx, t, g, capture=None):
     """The finished gradient of a node's output: hooks applied, kept if retain_grad()
     (not by tg.grad, which leaves every ``.grad`` alone); checked not changed in place."""
     if t._modified is not None and ctx.saved_output is not None:
-        raise _modified_error(ctx, t, "output", 0, len(t._modified))
+        raise _modified_error(ctx, t, "output", 0, 0)     # an output is made at version 0
     g = _run_hooks(t, g)
     if t._retain and capture is None:
         t._accumulate_grad(g)
