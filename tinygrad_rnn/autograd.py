@@ -240,6 +240,10 @@ class OuterProductSum:
     ``+`` like any gradient (two of them just join, no arithmetic), and it becomes an array
     where one is needed: before hooks, observers, ``retain_grad`` or a node's backward see it,
     and when a leaf receives it. The price: each use's factors stay alive until then.
+
+    Under ``create_graph`` the factors are Tensors and the one product is recorded (a ``cat``
+    of the rows, a transpose, a matmul): the gradient graph then holds one large product per
+    weight instead of one small product and one sum per use.
     """
 
     __slots__ = ("a", "b", "rest")
@@ -278,7 +282,8 @@ class OuterProductSum:
         if self.rest is None:
             return self.a.T @ self.b
         a_rows, b_rows = zip(*self._terms())
-        return np.concatenate(a_rows).T @ np.concatenate(b_rows)
+        concatenate = _tensor_math.concatenate if isinstance(self.a, _tensor_class) else np.concatenate
+        return concatenate(a_rows, axis=0).T @ concatenate(b_rows, axis=0)
 
     def _terms(self):
         term = self
@@ -347,7 +352,9 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 def _walking(create_graph):
     if not _malloc.state["done"]:
         _malloc.tune_malloc()           # once per process: see _malloc.py
-    with gc_paused(), (enable_grad() if create_graph else contextlib.nullcontext()):
+    # create_graph leaves a new graph behind, as Unroll does: see gc_paused
+    with gc_paused(keep_new_objects=create_graph), \
+            (enable_grad() if create_graph else contextlib.nullcontext()):
         yield
 
 
@@ -598,7 +605,7 @@ def _graph_rule(ctx, outs):
 
 
 def _as_tensor(g):
-    if g is None or isinstance(g, _tensor_class):
+    if g is None or isinstance(g, (_tensor_class, OuterProductSum)):
         return g
     return _output(g, None, False)      # a rule's constant (e.g. zeros): no graph behind it
 

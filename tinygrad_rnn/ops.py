@@ -122,7 +122,7 @@ class TensorMath:
 
     @staticmethod
     def weight_grad(a, b):
-        return a.T @ b          # no deferral: each use's product is a node of the graph
+        return _weight_grad(a, b)       # deferred with Tensor factors: see OuterProductSum
 
     @staticmethod
     def log(x):

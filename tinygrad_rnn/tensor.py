@@ -308,6 +308,8 @@ class Tensor:
             return Tensor._from_op(np.asarray(other), None, False)
         if isinstance(other, (list, tuple, bool)):
             return Tensor(other)
+        if type(other) is autograd.OuterProductSum:      # a deferred gradient, under create_graph
+            return other.materialize()
         raise TypeError(f"{op}: expected {_OPERAND_TYPES}, got {type(other).__name__}")
 
     # --- arithmetic ------------------------------------------------------------------------
