@@ -464,13 +464,24 @@ def _nodes_leading_to(roots, inputs):
             continue
         seen.add(node)
         nodes.append(node)
-        stack.extend(p._ctx for p in node.parents if p._ctx is not None)
+        for p in node.parents:
+            if p._ctx is not None:
+                stack.append(p._ctx)
+    nodes.sort(key=_creation_order)                      # inputs' nodes before their users'
     needed = set()
-    for node in sorted(nodes, key=lambda n: n.seq):     # inputs' nodes before their users'
-        # A freed node stays in, so that the walk reports it instead of "input not used".
-        if node.freed or any(p in inputs or p._ctx in needed for p in node.parents):
+    for node in nodes:
+        if node.freed:      # kept, so that the walk reports it instead of "input not used"
             needed.add(node)
+            continue
+        for p in node.parents:
+            if p in inputs or p._ctx in needed:
+                needed.add(node)
+                break
     return needed
+
+
+def _creation_order(node):
+    return node.seq
 
 
 def _finish_output_grad(ctx, t, g, capture=None):

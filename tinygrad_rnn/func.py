@@ -88,13 +88,15 @@ def _scalar_output(out, who):
     return out
 
 
-def _gradients(outputs, leaves, grad_outputs, create_graph):
-    """The gradient of each leaf (zeros where unused), on the tape if ``create_graph``."""
+def _gradients(outputs, leaves, grad_outputs, create_graph, retain_graph=True):
+    """The gradient of each leaf (zeros where unused), on the tape if ``create_graph``. A
+    last pass frees the graph as it goes (``retain_graph=False``): less memory, and faster."""
     live = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
     if not live:
         return [_zeros_like(x) for x in leaves]
     grads = _grad([o for o, _ in live], leaves, grad_outputs=[g for _, g in live],
-                  retain_graph=True, create_graph=create_graph, allow_unused=True)
+                  retain_graph=retain_graph or create_graph, create_graph=create_graph,
+                  allow_unused=True)
     return [_zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
 
 
@@ -112,7 +114,7 @@ def value_and_grad(f, argnums=0):
         nums, single = _argnums(argnums, len(args), "value_and_grad")
         out, trees, leaves, nested = _call(f, args, nums, "value_and_grad")
         out = _scalar_output(out, "value_and_grad")
-        grads = _gradients([out], leaves, [None], nested)
+        grads = _gradients([out], leaves, [None], nested, retain_graph=nested)
         return out, _pick(_unflatten(trees, grads), single)
     return wrapper
 
@@ -181,7 +183,7 @@ def jvp(f, primals, tangents):
         tangents_out = [_zeros_like(o) for o in outputs]
     else:
         tangents_out = _grad(total, dummies, create_graph=nested or any(t.requires_grad for t in tans),
-                             allow_unused=True)
+                             retain_graph=nested, allow_unused=True)
         tangents_out = [_zeros_like(o) if g is None else g for g, o in zip(tangents_out, outputs)]
     return out, _unflatten([out], tangents_out)[0]
 
@@ -202,7 +204,7 @@ def hvp(f, primals, tangents):
         raise ValueError(f"hvp: tangents must match the primals' structure and shapes "
                          f"{[x.shape for x in leaves]}, got {[t.shape for t in tans]}")
     grads = _gradients([out], leaves, [None], create_graph=True)
-    products = _gradients(grads, leaves, tans, create_graph=nested)
+    products = _gradients(grads, leaves, tans, create_graph=nested, retain_graph=nested)
     return out, tuple(_unflatten(trees, products))
 
 

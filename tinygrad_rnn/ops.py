@@ -48,6 +48,19 @@ def _stack_slices(shape, dtype, axis, grads):
     return out
 
 
+def _slices(a, sizes, axis):
+    """The pieces of ``a`` of the given sizes along ``axis`` (views; Split's forward, Cat's
+    gradient). Plain slicing: np.split's Python-level bookkeeping costs more than the views."""
+    index = [slice(None)] * a.ndim
+    pieces = []
+    start = 0
+    for size in sizes:
+        index[axis] = slice(start, start + size)
+        pieces.append(a[tuple(index)])
+        start += size
+    return pieces
+
+
 def _scatter_add(g, shape, dtype, index):
     """Zeros of ``shape`` with ``g`` added at ``index``: the adjoint of ``a[index]``."""
     out = np.zeros(shape, dtype=dtype)
@@ -94,7 +107,7 @@ class ArrayMath:
 
     @staticmethod
     def split(g, sizes, axis):
-        return np.split(g, np.cumsum(sizes)[:-1], axis=axis)
+        return _slices(g, sizes, axis)
 
     @staticmethod
     def unstack(g, axis):
@@ -377,6 +390,12 @@ def _transposed(w):
     return entry[1]
 
 
+def _rows(x):
+    """``x`` as a matrix of rows (..., n) -> (-1, n); a 2-D ``x`` as itself (on Tensors a
+    reshape is a node of the graph)."""
+    return x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+
+
 class Linear(Function):
     """``x @ W.T + b`` (PyTorch's ``F.linear``): one node instead of three, since every
     recurrent step does it twice. x (..., I), W (O, I), b (O,)."""
@@ -404,8 +423,8 @@ class Linear(Function):
         x, w = self.x, self.w
         need = self.needs_input_grad
         gx = g @ w if need[0] else None
-        g2 = g.reshape(-1, g.shape[-1])
-        gw = self.xp.weight_grad(g2, x.reshape(-1, x.shape[-1])) if need[1] else None
+        g2 = _rows(g)
+        gw = self.xp.weight_grad(g2, _rows(x)) if need[1] else None
         if len(need) > 2:
             return gx, gw, (g2.sum(axis=0) if need[2] else None)
         return gx, gw
@@ -663,15 +682,7 @@ class Split(Function):
 
     def forward(self, a, sizes, axis):
         self.shape, self.dtype, self.axis, self.sizes = a.shape, a.dtype, axis, sizes
-        # Plain slicing: np.split's Python-level bookkeeping costs more than the views it makes.
-        index = [slice(None)] * a.ndim
-        pieces = []
-        start = 0
-        for size in sizes:
-            index[axis] = slice(start, start + size)
-            pieces.append(a[tuple(index)])
-            start += size
-        return tuple(pieces)
+        return tuple(_slices(a, sizes, axis))
 
     def backward(self, *grads):
         parts = []
