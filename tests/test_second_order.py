@@ -512,3 +512,24 @@ def test_to_dot_draws_the_graph_of_a_gradient():
     for op in ("mul", "sub", "tanh"):
         assert f"{op}" in dot
     assert "x" in dot
+
+
+def test_the_internals_doc_example_runs_and_prints_what_the_doc_shows(tmp_path, monkeypatch, capsys):
+    """docs/internals.md, section 6: the HVP of a tiny RNN against finite differences."""
+    import pathlib
+    import re
+    import shutil
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "internals.md").read_text()
+    section = text[text.index("## 6. Backward is itself a graph"):]
+    start = section.index("```python\nimport numpy as np")
+    code, shown = re.match(r"```python\n(.*?)```\n\n```\n(.*?)```", section[start:], re.S).groups()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    if shutil.which("dot") is None:
+        code = code.replace('inspect.render(gv, "docs/figures/hvp_graph.png", names=cell)',
+                            "inspect.to_dot(gv, names=cell)")
+    exec(compile(code, "internals.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.splitlines() == shown.splitlines()
+    difference = float(printed.splitlines()[-1].split()[-1])
+    assert difference < 1e-8                      # the tape's H v equals finite differences
