@@ -388,13 +388,15 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
         out_grads, outs = pending.pop(ctx)
         if ctx.freed:
             raise _graph_freed_error(next(t for t in outs if t is not None), ctx)
+        if last_in_place_change > ctx.seq:               # something changed in place since its forward
+            _check_versions(ctx, outs)
         rule = _graph_rule(ctx, outs) if create_graph else None
         if ctx.n_outputs == 1:                            # most nodes: no loop, no unpacking
             g, t = out_grads[0], outs[0]
             if type(g) is OuterProductSum:                # a non-leaf weight: its node needs an array
                 g = out_grads[0] = g.materialize()
-            if t._hooks or t._retain or t._modified is not None:
-                g = out_grads[0] = _finish_output_grad(ctx, t, g, capture)
+            if t._hooks or t._retain:
+                g = out_grads[0] = _finish_output_grad(t, g, capture)
             if capture is not None and t in capture:
                 capture[t] = g
                 if ctx not in needed:                     # nothing to reach below it
@@ -407,7 +409,7 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
                     if type(g) is OuterProductSum:
                         g = out_grads[i] = g.materialize()
                     if t._hooks or t._retain:
-                        out_grads[i] = _finish_output_grad(ctx, t, g, capture)
+                        out_grads[i] = _finish_output_grad(t, g, capture)
                     if capture is not None and t in capture:
                         capture[t] = out_grads[i]
             if capture is not None and ctx not in needed:
@@ -418,10 +420,7 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
             reached = [t for t in outs if t is not None]
             for obs in observers:
                 obs.on_backward(ctx, _arrays(out_grads), _arrays(in_grads), reached)
-        parents, seq = ctx.parents, ctx.seq
-        for p, pg in zip(parents, in_grads):
-            if p._modified is not None and p._modified[-1] > seq:
-                _check_saved_input(ctx, p)                # changed in place since the forward
+        for p, pg in zip(ctx.parents, in_grads):
             if pg is None or not p.requires_grad:
                 continue
             pctx = p._ctx
@@ -484,11 +483,9 @@ def _creation_order(node):
     return node.seq
 
 
-def _finish_output_grad(ctx, t, g, capture=None):
+def _finish_output_grad(t, g, capture=None):
     """The finished gradient of a node's output: hooks applied, kept if retain_grad()
-    (not by tg.grad, which leaves every ``.grad`` alone); checked not changed in place."""
-    if t._modified is not None and ctx.saved_output is not None:
-        raise _modified_error(ctx, t, "output", 0, 0)     # an output is made at version 0
+    (not by tg.grad, which leaves every ``.grad`` alone)."""
     g = _run_hooks(t, g)
     if t._retain and capture is None:
         t._accumulate_grad(g)
@@ -655,12 +652,22 @@ _tensor_math = None         # ops.TensorMath, set by ops.py (the layer above)
 
 # --- version counters ---------------------------------------------------------------------
 
-def _check_saved_input(ctx, p):
-    """``p`` changed in place after ``ctx``'s forward: an error if ``ctx``'s backward reads it."""
-    for i, q in enumerate(ctx.parents):
-        if q is p and i < len(ctx.saved_inputs) and ctx.saved_inputs[i] is not None:
+# The clock tick (the nodes' `_sequence`) of the latest in-place change of any tensor
+# (Tensor._bump_version). A node created after it saw only current data: the walk checks a
+# node's inputs only when this is later than the node, one comparison per node otherwise.
+last_in_place_change = -1
+
+
+def _check_versions(ctx, outs):
+    """An error if ``ctx``'s backward reads an input or output changed in place since ``ctx``'s
+    forward (stamps later than the node's number)."""
+    for i, (name, p) in enumerate(zip(ctx.saved_inputs, ctx.parents)):
+        if name is not None and p._modified is not None and p._modified[-1] > ctx.seq:
             saved = sum(1 for tick in p._modified if tick < ctx.seq)
             raise _modified_error(ctx, p, "input", i, saved)
+    out = outs[0]
+    if ctx.saved_output is not None and out is not None and out._modified is not None:
+        raise _modified_error(ctx, out, "output", 0, 0)     # an output is made at version 0
 
 
 def _modified_error(ctx, t, role, index, saved_version):

@@ -237,6 +237,7 @@ class Tensor:
     def _bump_version(self):
         """Record an in-place change of ``.data`` (call it after changing the array)."""
         tick = next(autograd._sequence)     # the nodes' clock: a node older than it saw the old data
+        autograd.last_in_place_change = tick
         if self._modified is None:
             self._modified = [tick]
         else:
