@@ -125,15 +125,27 @@ def test_value_and_grad_with_nested_arguments_and_outputs():
     np.testing.assert_allclose(np.diag(jc[1].data), h.data)
 
 
-def test_func_results_do_not_record_unless_nested():
-    x = Tensor(np.array([1.0, 2.0]))
-    g = tg.func.grad(lambda x: (x ** 3).sum())(x)
-    assert not g.requires_grad          # a plain gradient: nothing recorded
-    xr = Tensor(np.array([1.0, 2.0]), requires_grad=True)
-    g = tg.func.grad(lambda x: (x ** 3).sum())(xr)
-    assert g.requires_grad              # part of an outer graph: differentiable
-    (gg,) = tg.grad(g.sum(), xr)
-    np.testing.assert_allclose(gg.data, 6 * xr.data)
+def test_func_results_record_only_when_nested():
+    cube = tg.func.grad(lambda x: (x ** 3).sum())
+    for x in (Tensor(np.array([1.0, 2.0])), Tensor(np.array([1.0, 2.0]), requires_grad=True)):
+        assert not cube(x).requires_grad        # top level, a leaf: a plain gradient
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    g = cube(w * 1.0)                           # an argument computed on the tape
+    assert g.requires_grad
+    (gg,) = tg.grad(g.sum(), w)
+    np.testing.assert_allclose(gg.data, 6 * w.data)
+    # inside another transform the inner one records, whatever its arguments
+    np.testing.assert_allclose(tg.func.grad(lambda x: cube(x).sum())(Tensor(np.array([1.0, 2.0]))).data,
+                               [6.0, 12.0])
+
+
+def test_a_parameter_read_from_the_closure_is_the_argument():
+    tg.manual_seed(0)
+    lin = tg.nn.Linear(2, 1)
+    x = Tensor(np.array([[0.5, -1.0]]))
+    g = tg.func.grad(lambda w: lin(x).tanh().sum())(lin.weight)
+    lin(x).tanh().sum().backward()
+    np.testing.assert_allclose(g.data, lin.weight.grad)
 
 
 def test_func_errors():

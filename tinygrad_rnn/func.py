@@ -2,15 +2,20 @@
 ``hvp``, ``jacobian``, ``hessian`` (the vocabulary of ``jax`` and ``torch.func``).
 
 ``f`` takes Tensors and returns a Tensor or a nested tuple of Tensors. Each transform runs
-``f`` once on the tape and differentiates it with `tg.grad`. The results compose (``grad`` of
-``grad``, ``hessian`` = ``jacobian`` of ``grad``): when an argument already requires grad (it
-is part of an outer computation that will be differentiated), the transform differentiates
-through that very tensor with ``create_graph=True``, so its result is on the tape too;
-otherwise it differentiates a fresh leaf that shares the argument's data and records nothing
-beyond ``f``'s own forward. Differentiate a result again only with respect to tensors passed
-as arguments: a tensor that ``f`` reads from its closure (a model's weights) does not make the
-transform record its backward (``tg.grad(..., create_graph=True)`` does, for anything).
+``f`` once on the tape and differentiates it with `tg.grad` with respect to the arguments: an
+argument that requires grad (a Parameter) is differentiated as itself, so ``f`` may also read
+it from its closure (``lambda *ps: loss(model)``); any other becomes a fresh leaf sharing its
+data.
+
+The results compose (``grad(grad(f))``, ``hessian = jacobian(grad(f))``): a transform called
+inside another one, or on an argument computed by ops on the tape (not a leaf), records its
+own backward (``create_graph=True``), so its result can be differentiated again. At the top
+level on leaves it records nothing beyond ``f``'s forward and frees the graph as it goes
+(the fast path); to differentiate such a result with ``tg.grad``, use
+``tg.grad(..., create_graph=True)`` instead.
 """
+
+import threading
 
 import numpy as np
 
@@ -32,18 +37,24 @@ def _as_tensor(x, who):
     raise TypeError(f"{who}: expected Tensors (or arrays, numbers), got {type(x).__name__}")
 
 
+class _Depth(threading.local):
+    value = 0            # how many transforms are running f right now (in this thread)
+
+
+_depth = _Depth()
+
+
 def _primals(args, who):
     """``(leaves, nested)``: the tensors to differentiate with respect to, one per argument
-    leaf, and whether the result must be on the tape (an argument already requires grad)."""
+    leaf, and whether the result must be on the tape (see the module docstring)."""
     tensors = [_as_tensor(x, who) for x in args]
     for x in tensors:
         if x.dtype.kind not in "fc":
             raise TypeError(f"{who}: can only differentiate with respect to floating tensors, got "
                             f"dtype {x.dtype} (shape {x.shape})")
-    nested = is_grad_enabled() and any(x.requires_grad for x in tensors)
-    if nested:
-        return tensors, True
-    return [Tensor._from_op(x.data, None, True) for x in tensors], False
+    nested = is_grad_enabled() and (_depth.value > 0 or
+                                    any(x.requires_grad and not x.is_leaf for x in tensors))
+    return [x if x.requires_grad else Tensor._from_op(x.data, None, True) for x in tensors], nested
 
 
 def _argnums(argnums, n_args, who):
@@ -65,8 +76,12 @@ def _call(f, args, argnums, who):
     new_trees = [tree_map(lambda _: next(it), tree) for tree in trees]
     for k, tree in zip(argnums, new_trees):
         args[k] = tree
-    with enable_grad():
-        out = f(*args)
+    _depth.value += 1
+    try:
+        with enable_grad():
+            out = f(*args)
+    finally:
+        _depth.value -= 1
     return out, new_trees, leaves, nested
 
 
