@@ -6,7 +6,7 @@ singular values of ``dh_T/dh_t`` by distance in time, and saves a log-scale plot
 
     tinygrad-rnn gradflow --cells rnn,lstm,gru --steps 100
     tinygrad-rnn gradflow --cells rnn --spectral-radius 1.5       # exploding
-    tinygrad-rnn gradflow --checkpoint model.npz                   # trained vs fresh
+    tinygrad-rnn gradflow --checkpoint model.safetensors           # trained vs fresh
 """
 
 import sys
@@ -35,7 +35,7 @@ def add_arguments(p):
                    help="LSTM forget-gate bias (default 1.0, the usual practice; 'nan' keeps "
                         "PyTorch's init)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="a .npz written by tg.save holding a model state dict: compare its trained "
+                   help="a file written by tg.save holding a model state dict: compare its trained "
                         "recurrent cell with a fresh one of the same shape")
     p.add_argument("--out", default="gradflow.png", help="where to save the plot (PNG; default "
                    "./gradflow.png)")

@@ -3,7 +3,7 @@
 With no arguments it trains on Python's own standard library source (no downloads; see
 `tinygrad_rnn.training.corpus`), shows a progress bar, reports the validation bits per
 character every ``--eval-every`` steps with a generated sample, and checkpoints to
-``runs/char_lm.npz``. Training is truncated BPTT: ``--batch`` parallel streams through the
+``runs/char_lm.safetensors``. Training is truncated BPTT: ``--batch`` parallel streams through the
 training text, consecutive windows of ``--seq-len`` characters, the recurrent state carried
 from one window to the next but cut from the graph (``tg.detach_state``).
 
@@ -34,7 +34,7 @@ from .threads import blas_threads
 
 CHECKPOINT_FORMAT = "tinygrad_rnn.char_lm"
 CHECKPOINT_VERSION = 1
-DEFAULT_CHECKPOINT = os.path.join("runs", "char_lm.npz")
+DEFAULT_CHECKPOINT = os.path.join("runs", "char_lm.safetensors")
 CHECKPOINT_SECONDS = 30.0     # default checkpoint interval: a killed run loses under a minute
 
 # The default run: about 3 minutes on 2 CPU cores (measured numbers in docs/training.md).
