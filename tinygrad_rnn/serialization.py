@@ -303,6 +303,14 @@ def save(obj, path, format=None):
         atomic_write(path, lambda f: _write_safetensors(f, manifest, enc.arrays), "tg.save")
 
 
+def save_flat(tensors, path, metadata=None, who="save_flat"):
+    """Write a flat ``{name: array}`` as a plain safetensors file (no manifest: what torch's
+    ``safetensors.torch.load_file`` expects), atomically. ``metadata``: ``{str: str}``."""
+    tensors = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in tensors.items()}
+    blob = _safetensors_numpy().save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(blob), who)
+
+
 def atomic_write(path, write, who):
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``
     and fsync the directory: readers see the old file or the new one, never half of one."""
