@@ -217,9 +217,12 @@ def test_gradient_flow_plot_returns_a_figure_of_the_numbers():
     np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), flow.sigma_max.mean(axis=1))
     assert fig.axes[0].get_yscale() == "log"
     assert fig._suptitle.get_text() == "vanishing"
+    png = fig._repr_png_()                                       # a notebook draws it, pyplot or not
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
 def test_gradient_flow_plot_without_matplotlib_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)     # import fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)     # imports fail, as without it
+    monkeypatch.setitem(sys.modules, "tinygrad_rnn.inspect._figure", None)
     with pytest.raises(ImportError, match=r"tinygrad-rnn\[plot\]"):
         rnn_flow().plot()

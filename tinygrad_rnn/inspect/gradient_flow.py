@@ -118,15 +118,16 @@ class GradientFlow:
 def plot_gradient_flow(flows, title=""):
     """One matplotlib Figure comparing several `GradientFlow` results: ``flows`` is a dict
     ``{label: flow}`` or a list of ``(label, flow)`` pairs. Needs matplotlib (the ``plot``
-    extra); the Figure is not registered with pyplot, so a notebook shows it once."""
+    extra). The Figure is not registered with pyplot; a notebook draws it (once) when it is a
+    cell's value, and ``fig.savefig(path)`` writes it."""
     try:
-        from matplotlib.figure import Figure
+        from ._figure import NotebookFigure
     except ImportError:
         raise ImportError("GradientFlow.plot needs matplotlib: pip install 'tinygrad-rnn[plot]' "
                           "(or pip install matplotlib)") from None
     flows = list(flows.items()) if isinstance(flows, dict) else list(flows)
     with_jac = bool(flows) and flows[0][1].sigma_max.size > 0
-    fig = Figure(figsize=(11 if with_jac else 6, 4.2))
+    fig = NotebookFigure(figsize=(11 if with_jac else 6, 4.2))
     axes = fig.subplots(1, 2 if with_jac else 1, squeeze=False)[0]
     for label, flow in flows:
         d = flow.distance
