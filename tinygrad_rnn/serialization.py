@@ -10,7 +10,7 @@ The file format. safetensors holds a flat ``{name: array}`` plus a ``{str: str}`
 dict, so the tree is split in two:
 
 * every array becomes one tensor named by its path in the tree (``model/rnn.cell.weight_hh``,
-  ``optimizer/state/0/m``, ``trainer/hidden/0``), so ``safetensors.numpy.load_file(path)``
+  ``optimizer/state/0/exp_avg``, ``trainer/hidden/0``), so ``safetensors.numpy.load_file(path)``
   shows the weights under readable names;
 * everything else, and the nesting, is a JSON manifest in the metadata under the key
   ``tinygrad_rnn``, which also records each tensor's dtype, shape and CRC-32 (safetensors
