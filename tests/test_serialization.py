@@ -113,6 +113,7 @@ def test_every_dtype_and_layout_round_trips_exactly(data, dtype, transpose, fmt)
         back = tg.load(path)
     assert back["a"].dtype == arr.dtype and back["a"].shape == arr.shape
     assert back["a"].tobytes() == arr.tobytes()                   # NaN payloads too
+    assert back["a"].flags.writeable                              # as np.load gives them
     if arr.size:
         assert type(back["scalar"]) is type(scalar) and back["scalar"].dtype == scalar.dtype
         assert back["scalar"].tobytes() == scalar.tobytes()

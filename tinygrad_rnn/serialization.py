@@ -254,7 +254,7 @@ def _array_from_file(stored, entry, key):
         return stored
     if stored.size != dtype.itemsize * int(np.prod(shape)):
         raise CheckpointError(f"raw {key} has {stored.size} bytes, not enough for {dtype} {shape}")
-    return np.frombuffer(stored.tobytes(), dtype=dtype).reshape(shape)
+    return stored.view(dtype).reshape(shape).copy()          # aligned and writable
 
 
 def _read_npz(path):
