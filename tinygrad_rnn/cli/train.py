@@ -54,34 +54,20 @@ DEFAULTS = {
 RUN_OPTIONS = ("cell", "hidden", "layers", "embed", "seq_len", "batch", "lr", "clip", "seed", "text")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
+def _checked(convert, accept, name):
+    """An argparse ``type``: ``convert(text)``, refused unless ``accept(value)``."""
+    def parse(text):
+        value = convert(text)
+        if not accept(value):
+            raise ValueError
+        return value
+    parse.__name__ = name           # argparse says "invalid positive integer value: '0'"
+    return parse
 
 
-_positive_int.__name__ = "positive integer"
-
-
-def _nonneg_int(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
-
-
-_nonneg_int.__name__ = "non-negative integer"
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError
-    return value
-
-
-_positive_float.__name__ = "positive number"
+_positive_int = _checked(int, lambda v: v >= 1, "positive integer")
+_nonneg_int = _checked(int, lambda v: v >= 0, "non-negative integer")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "positive number")
 
 
 def add_arguments(p):
