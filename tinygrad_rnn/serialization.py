@@ -208,17 +208,17 @@ def _write_npz(f, manifest, arrays):
     np.savez(f, **arrays, **{MANIFEST_KEY: np.frombuffer(blob, dtype=np.uint8)})
 
 
-def _read_safetensors(data, path):
-    """(manifest or None, {name: array}) from a safetensors file's bytes."""
-    sn = _safetensors_numpy()
+def _read_safetensors(path):
+    """(manifest or None, {name: array}) from a safetensors file."""
+    _safetensors_numpy()                       # the clear ImportError, if it is missing
+    from safetensors import safe_open
     try:
-        tensors = sn.load(data)
+        with safe_open(path, framework="np") as f:     # memory-mapped: one copy per tensor
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:     # SafetensorError (and its cousins) derive from Exception only
         raise CheckpointError(f"tg.load: '{path}' is not a readable checkpoint (truncated or "
                               f"corrupt safetensors file?): {exc}") from exc
-    # safetensors validated the header; its metadata is the JSON object at bytes 8..8+n.
-    n = int.from_bytes(data[:8], "little")
-    metadata = json.loads(data[8:8 + n].decode("utf-8")).get("__metadata__") or {}
     blob = metadata.get(METADATA_KEY)
     if blob is None:
         return None, tensors
@@ -376,9 +376,7 @@ def load(path):
         raise CheckpointError(f"tg.load: '{path}' holds a single .npy array, not a checkpoint "
                               "written by tg.save")
     elif len(head) >= 9 and head[8:9] == b"{":          # 8-byte header size, then JSON
-        with open(path, "rb") as f:
-            data = f.read()
-        manifest, arrays = _read_safetensors(data, path)
+        manifest, arrays = _read_safetensors(path)
     else:
         raise CheckpointError(f"tg.load: '{path}' is not a readable checkpoint: neither a "
                               f"safetensors nor an npz file (it starts with {head[:12]!r})")
