@@ -279,6 +279,9 @@ def test_an_old_npz_checkpoint_still_samples_and_resumes(tmp_path, text_file, ca
         assert main(["train", "--resume", "--steps", "12", "--checkpoint", str(old), "--no-progress",
                      "--eval-every", "0", "--sample-length", "0"]) == 0
         assert tg.load(old)["trainer"]["step"] == 12
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "old.safetensors")]) == 2
+    assert f"'{old}' is an older checkpoint: pass --checkpoint {old}" in capsys.readouterr().err
 
 
 def test_bench_prints_a_row_per_cell(capsys):
