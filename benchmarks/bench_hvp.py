@@ -11,7 +11,7 @@ warm-up, in one process with one BLAS thread; the table gives medians and the sp
 difference of the gradient along ``v`` (in float64).
 
     python benchmarks/bench_hvp.py                   # LSTM M, 7 repeats
-    python benchmarks/bench_hvp.py --cells lstm,gru --sizes S,M --repeats 11
+    python benchmarks/bench_hvp.py --cells lstm,gru --sizes S,M --repeats 11 --clock cpu
 """
 
 import argparse
@@ -76,10 +76,13 @@ def check_hvp(cell_name, size):
     return float(np.abs(ana - num).max() / np.abs(num).max())
 
 
-def timed(fn):
-    start = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn, now):
+    start = now()
     fn()
-    return time.perf_counter() - start
+    return now() - start
 
 
 def main():
@@ -88,8 +91,11 @@ def main():
     parser.add_argument("--sizes", default="M")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="cpu: this process's CPU time (less sensitive to a loaded machine)")
     args = parser.parse_args()
-    print(f"float32, 1 thread; medians of {args.repeats} (min..max), ms")
+    now = CLOCKS[args.clock]
+    print(f"float32, 1 thread, {args.clock} clock; medians of {args.repeats} (min..max), ms")
     print(f"{'cell':5} {'size':4} {'fwd+bwd':>20} {'hvp':>22} {'hvp / (fwd+bwd)':>16} {'hvp err':>9}")
     for cell_name in args.cells.split(","):
         for size in args.sizes.split(","):
@@ -100,8 +106,8 @@ def main():
                 hvp()
             fb, hv = [], []
             for _ in range(args.repeats):           # alternate, so load hits both alike
-                fb.append(timed(forward_backward))
-                hv.append(timed(hvp))
+                fb.append(timed(forward_backward, now))
+                hv.append(timed(hvp, now))
             m_fb, m_hv = statistics.median(fb), statistics.median(hv)
 
             def cell(ts, m):
