@@ -123,3 +123,24 @@ def test_in_place_methods_refuse_tensors_that_require_grad_outside_no_grad():
     with pytest.raises(tg.ShapeError, match=r"copy_: cannot copy shape \(3,\)"):
         with tg.no_grad():
             w.copy_(np.ones(3))
+
+
+class _Square(tg.autograd.Function):
+    """A user's op that does not say what it saves: every input counts as read."""
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, g):
+        return (2 * g * self.x,)
+
+
+def test_a_users_function_that_names_no_saved_inputs_is_checked_on_every_input():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    loss = _Square.apply(x).sum()
+    with tg.no_grad():
+        x.mul_(2.0)
+    with pytest.raises(RuntimeError, match=r"input 0 of '_square' \(shape \(2,\)\) is at version 1"):
+        loss.backward()
+

@@ -122,7 +122,8 @@ class Function:
     n_outputs = 1
     freed = False
     seq = -1                 # creation order of recorded nodes: the walk's topological order
-    saved_inputs = ()        # attribute names of the inputs backward reads, by position
+    saved_inputs = None      # attribute names of the inputs backward reads, by position;
+                             # None (a Function that does not say): every input counts as read
     saved_output = None      # attribute name of the output backward reads
     differentiable_backward = False
 
@@ -661,7 +662,8 @@ last_in_place_change = -1
 def _check_versions(ctx, outs):
     """An error if ``ctx``'s backward reads an input or output changed in place since ``ctx``'s
     forward (stamps later than the node's number)."""
-    for i, (name, p) in enumerate(zip(ctx.saved_inputs, ctx.parents)):
+    names = ctx.saved_inputs if ctx.saved_inputs is not None else ["?"] * len(ctx.parents)
+    for i, (name, p) in enumerate(zip(names, ctx.parents)):
         if name is not None and p._modified is not None and p._modified[-1] > ctx.seq:
             saved = sum(1 for tick in p._modified if tick < ctx.seq)
             raise _modified_error(ctx, p, "input", i, saved)

@@ -710,6 +710,7 @@ class Where(Function):
     """``where(mask, a, b)``; the mask is data, not differentiable."""
 
     name = "where"
+    saved_inputs = ("mask", None, None)
 
     @classmethod
     def describe_error(cls, arrays, attrs, exc):
@@ -770,7 +771,10 @@ class LogSoftmax(Function):
 
 
 # Every rule above is written with ``self.xp`` and the arrays' and Tensors' common operations,
-# so create_graph may run it on Tensors (a user's own Function opts in the same way).
+# so create_graph may run it on Tensors (a user's own Function opts in the same way); an op
+# that names no saved inputs reads none (only shapes).
 for _op in list(globals().values()):
     if isinstance(_op, type) and issubclass(_op, Function) and _op.__module__ == __name__:
         _op.differentiable_backward = True
+        if _op.saved_inputs is None:
+            _op.saved_inputs = ()
