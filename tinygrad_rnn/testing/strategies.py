@@ -141,3 +141,13 @@ def matmul_shapes(max_batch_dims=2, max_side=3):
     return hnp.mutually_broadcastable_shapes(
         signature=np.matmul.signature, max_dims=max_batch_dims, max_side=max_side,
     ).map(lambda r: r.input_shapes)
+
+
+@st.composite
+def pow_operands(draw, max_dims=3, base_gap=0.3, exponent_bound=1.5):
+    """Tensors ``(a, b)`` of broadcastable shapes for ``|a| ** b`` and its derivatives: ``|a|``
+    at least ``base_gap`` (``log|a|``, in d/db, stays finite and smooth), ``b`` in
+    ``[-exponent_bound, exponent_bound]``."""
+    sa, sb = draw(broadcastable_shapes(2, max_dims=max_dims))
+    return (draw(tensors(sa, away_from_zero=base_gap)),
+            draw(tensors(sb, low=-exponent_bound, high=exponent_bound)))
