@@ -8,6 +8,7 @@ times (a shared RNN weight) simply receives the sum: weight sharing is gradient 
 What makes this fast is in `tinygrad_rnn.engine`, one module per device.
 """
 
+import contextlib
 import heapq
 import itertools
 import threading
@@ -140,7 +141,7 @@ def _walk(root, grad, retain_graph):
             in_grads = ctx.backward(g)
         else:
             for i, t in enumerate(outs):
-                if t is not None:
+                if t is not None and (type(out_grads[i]) is not _ndarray or t._hooks or t._retain):
                     out_grads[i] = _finish(t, out_grads[i])
             in_grads = ctx.backward(*out_grads)
         if observers:                                     # they read per-node arrays (the ledger)
@@ -315,20 +316,25 @@ def current_scope():
     return _scope.current
 
 
-class scope:
+def scope(**where):
     """``with autograd.scope(step=t):`` tags the ops recorded inside for observers (Unroll
-    and Stack do this); the previous scope comes back on exit, exceptions included. Free
-    while no observer listens."""
+    and Stack do this); the previous scope comes back on exit, exceptions included. While
+    nobody listens there is nothing to tag: a shared no-op block, 0.2 µs a step."""
+    return _Scope(where) if _observers else _NOT_LISTENING
 
+
+_NOT_LISTENING = contextlib.nullcontext()
+
+
+class _Scope:
     __slots__ = ("where", "previous")
 
-    def __init__(self, **where):
+    def __init__(self, where):
         self.where = where
 
     def __enter__(self):
         self.previous = _scope.current
-        if _observers:
-            _scope.current = {**self.previous, **self.where}
+        _scope.current = {**self.previous, **self.where}
         return self
 
     def __exit__(self, *exc):
