@@ -62,7 +62,7 @@ class Function:
         try:
             data = ctx.forward(*arrays, **attrs)
         except Exception as exc:
-            cls._blame_inputs(arrays, attrs, exc)   # a ShapeError if the inputs are at fault,
+            _blame_inputs(cls, arrays, attrs, exc)  # a ShapeError if the inputs are at fault,
             raise                                   # else a bug in the op: raised as itself
         node = ctx if requires_grad else None
         if type(data) is tuple:
@@ -77,21 +77,9 @@ class Function:
 
     @classmethod
     def input_problem(cls, *arrays, **attrs):
-        """What is wrong with these inputs (a phrase naming their shapes), or None.
-
-        Asked only after forward raised: if the inputs are at fault, the error becomes a
-        `ShapeError` naming the op; if they are fine, the error was a bug in the op and is
-        raised unchanged. Ops with constraints on their inputs check them here, explicitly.
-        """
+        """What is wrong with these inputs (a phrase naming their shapes), or None: asked
+        only after forward raised (`_blame_inputs`). Ops check their constraints here."""
         return None
-
-    @classmethod
-    def _blame_inputs(cls, arrays, attrs, exc):
-        if isinstance(exc, ShapeError):
-            return                          # the op checked its inputs itself
-        problem = cls.input_problem(*arrays, **attrs)
-        if problem is not None:
-            raise ShapeError(f"{cls.op_name()}: {problem}") from exc
 
     @classmethod
     def op_name(cls):
@@ -173,6 +161,17 @@ def _walk(root, grad, retain_graph):
             entry[1][i] = p
     for leaf, g in leaf_grads.items():
         _finish(leaf, g)
+
+
+def _blame_inputs(op, arrays, attrs, exc):
+    """Called when ``op``'s forward raised ``exc``: if the inputs are at fault, raise a
+    `ShapeError` naming the op and what is wrong, chained to ``exc``; if they are fine, return,
+    and ``exc`` (a bug in the op) is raised unchanged."""
+    if isinstance(exc, ShapeError):
+        return                              # the op checked its inputs itself (linear)
+    problem = op.input_problem(*arrays, **attrs)
+    if problem is not None:
+        raise ShapeError(f"{op.op_name()}: {problem}") from exc
 
 
 def _finish(t, g):
