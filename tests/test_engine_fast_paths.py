@@ -395,3 +395,40 @@ def test_outer_product_sum_adds_like_the_array_it_stands_for():
     np.testing.assert_allclose(np.asarray(total), expected, rtol=1e-10)
     with pytest.raises(tg.ShapeError, match=r"\(4, 2\) and \(2, 4\)"):
         total + weight_grads.OuterProductSum(rng.standard_normal((3, 2)), rng.standard_normal((3, 4)))
+
+
+# --- fast_apply and fast_sequence, alone ----------------------------------------------------
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True), (False, False)])
+@pytest.mark.parametrize("grad_on", [True, False])
+def test_fast_apply_records_exactly_what_apply_records(needs, grad_on):
+    from tinygrad_rnn import ops
+    from tinygrad_rnn.engine.fast_apply import apply_binary, apply_unary
+    rng = np.random.default_rng(8)
+    a = tg.Tensor(rng.standard_normal((2, 3)), requires_grad=needs[0])
+    b = tg.Tensor(rng.standard_normal((1, 3)), requires_grad=needs[1])
+    mode = contextlib.nullcontext() if grad_on else tg.no_grad()
+    with mode:
+        pairs = [(apply_binary(ops.Mul, a, b), ops.Mul.apply(a, b)),
+                 (apply_unary(ops.Tanh, a), ops.Tanh.apply(a))]
+    for fast, slow in pairs:
+        assert type(fast) is type(slow) is tg.Tensor
+        np.testing.assert_array_equal(fast.data, slow.data)
+        assert fast.requires_grad == slow.requires_grad
+        assert (fast._ctx is None) == (slow._ctx is None)
+        if fast._ctx is not None:
+            assert fast._ctx.needs_input_grad == slow._ctx.needs_input_grad
+            assert fast._ctx.parents == slow._ctx.parents
+            assert fast._ctx.seq < slow._ctx.seq            # numbered in creation order
+
+
+def test_fast_sequence_undoes_everything_when_the_block_raises():
+    from tinygrad_rnn.engine import fast_sequence, malloc
+    assert gc.isenabled()
+    with pytest.raises(KeyError), fast_sequence():
+        assert not gc.isenabled()
+        assert getattr(transposed._state, "cache", None) == {}
+        raise KeyError("inside")
+    assert gc.isenabled()
+    assert getattr(transposed._state, "cache", None) is None
+    assert malloc.state["done"]

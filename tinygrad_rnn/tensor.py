@@ -304,8 +304,8 @@ class Tensor:
     def mean(self, axis=None, keepdims=False):
         try:
             axes = ops._normalize_axis(axis, self.ndim)
-        except ValueError as exc:     # mean is a composite: name it, as apply() does for ops
-            raise ShapeError(f"mean: cannot reduce shape {self.shape} over axis={axis}: {exc}") from None
+        except (TypeError, ValueError) as exc:     # mean is a composite: name it, as ops are
+            raise ShapeError(f"mean: cannot reduce shape {self.shape} over axis={axis}: {exc}") from exc
         count = 1
         for ax in axes:
             count *= self.shape[ax]
