@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
 from tinygrad_rnn import Tensor, autograd, kernels, ops
+from tinygrad_rnn.engine import weight_grads
 from tinygrad_rnn.testing import gradcheck, gradgradcheck
 from tinygrad_rnn.testing import strategies as S
 
@@ -331,7 +332,7 @@ def test_second_order_through_stack():
 def test_second_order_with_every_weight_gradient_deferred(monkeypatch):
     # Force the OuterProductSum path for every use: create_graph must not defer, and the first
     # order walk (the finite differences' gradients) must still sum the factors right.
-    monkeypatch.setattr(ops, "DEFER_WEIGHT_GRAD_MIN_WORK", 0)
+    monkeypatch.setattr(weight_grads, "DEFER_WEIGHT_GRAD_MIN_WORK", 0)
     tg.manual_seed(5)
     cell = tg.LSTMCell(3, 2, dtype=np.float64)
     xs = Tensor(np.random.default_rng(2).standard_normal((3, 2, 3)), requires_grad=True)
@@ -510,12 +511,12 @@ def test_to_dot_draws_the_graph_of_a_gradient():
 
 
 def test_the_internals_doc_example_runs_and_prints_what_the_doc_shows(tmp_path, monkeypatch, capsys):
-    """docs/internals.md, section 6: the HVP of a tiny RNN against finite differences."""
+    """docs/internals.md, section 7: the HVP of a tiny RNN against finite differences."""
     import pathlib
     import re
     import shutil
     text = (pathlib.Path(__file__).parent.parent / "docs" / "internals.md").read_text()
-    section = text[text.index("## 6. Backward is itself a graph"):]
+    section = text[text.index("## 7. Backward is itself a graph"):]
     start = section.index("```python\nimport numpy as np")
     code, shown = re.match(r"```python\n(.*?)```\n\n```\n(.*?)```", section[start:], re.S).groups()
     monkeypatch.chdir(tmp_path)

@@ -1,104 +1,26 @@
 """The tape: `Function` (one op's forward and backward, side by side) and the backward walk.
 
 Every op applied to tensors that require grad creates one `Function` instance: a node of
-the tape. It keeps its inputs (``parents``) and whatever its forward saved for backward.
-``Tensor.backward`` calls `backward`, which walks the nodes in reverse topological order
-without recursion (a 10,000-step unroll is a 100,000-node chain), hands each node the
-gradient of its output, and sums the gradients it returns into its inputs. A leaf used
-many times (a shared RNN weight) simply receives the sum: weight sharing is gradient
-accumulation. (For a weight that sum is left as factors until all uses have delivered, then
-done as one matrix product: `OuterProductSum`.)
+the tape, keeping its inputs (``parents``) and whatever its forward saved for backward.
+`backward` walks the nodes in reverse creation order without recursion, hands each node the
+gradient of its output, and sums the gradients it returns into its inputs. A leaf used many
+times (a shared RNN weight) simply receives the sum: weight sharing is gradient accumulation.
+What makes this fast is in `tinygrad_rnn.engine`, one module per device.
 """
 
 import contextlib
-import gc
 import heapq
 import itertools
 import threading
 
 import numpy as np
 
-from . import _malloc
+from .engine.gc_pause import gc_paused
+from .engine.malloc import tune_malloc
 
 
 class ShapeError(ValueError):
     """An op got inputs of incompatible shapes; the message names the op and the shapes."""
-
-
-# --- grad mode ---------------------------------------------------------------------------
-
-class _GradModeState(threading.local):
-    # A class default, so that reading it in a thread that never set it does not raise
-    # internally (getattr with a default on a missing attribute costs ~1 µs, on every op).
-    enabled = True
-
-
-_grad_mode = _GradModeState()
-
-
-def is_grad_enabled():
-    return _grad_mode.enabled
-
-
-class _GradMode:
-    """Context manager and decorator that sets grad recording for the current thread."""
-
-    enabled = True
-
-    def __enter__(self):
-        self._prev = is_grad_enabled()
-        _grad_mode.enabled = self.enabled
-
-    def __exit__(self, *exc):
-        _grad_mode.enabled = self._prev
-        return False
-
-    def __call__(self, fn):
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with self.__class__():
-                return fn(*args, **kwargs)
-        return wrapper
-
-
-class no_grad(_GradMode):
-    """``with tg.no_grad():`` (or ``@tg.no_grad()``) records nothing on the tape."""
-
-    enabled = False
-
-
-class enable_grad(_GradMode):
-    """Re-enables recording inside a ``no_grad`` block."""
-
-    enabled = True
-
-
-# --- observers (trace, anomaly mode, BPTT ledger); empty and free unless someone listens --
-
-_observers = []
-# Where the forward currently is, e.g. {"step": 7, "layer": 1}; set by Unroll and Stack.
-scope = {}
-
-
-def add_observer(obs):
-    _observers.append(obs)
-
-
-def remove_observer(obs):
-    _observers.remove(obs)
-
-
-def observing():
-    return bool(_observers)
-
-
-# --- Function ----------------------------------------------------------------------------
-
-# A node is created after the nodes of its inputs, so a larger number is later in every
-# path: the backward walk runs nodes in decreasing order (itertools.count is atomic).
-_sequence = itertools.count()
 
 
 class Function:
@@ -134,15 +56,6 @@ class Function:
         raise NotImplementedError  # abstract: each op defines its backward
 
     @classmethod
-    def op_name(cls):
-        return cls.name or cls.__name__.lower()
-
-    @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        shapes = " and ".join(str(a.shape) for a in arrays)
-        return f"{cls.op_name()}: invalid inputs of shapes {shapes}: {exc}"
-
-    @classmethod
     def apply(cls, *tensors, **attrs):
         """Run forward on the tensors' data and, if any input requires grad, record a node.
 
@@ -155,14 +68,13 @@ class Function:
             needs = tuple([t.requires_grad for t in tensors])   # a list is faster than a generator
             requires_grad = True in needs
             if requires_grad:
-                ctx.parents = tensors
-                ctx.needs_input_grad = needs
-                ctx.seq = next(_sequence)
+                ctx.parents, ctx.needs_input_grad, ctx.seq = tensors, needs, next(_sequence)
         arrays = [t.data for t in tensors]
         try:
             data = ctx.forward(*arrays, **attrs)
-        except (ValueError, IndexError, TypeError) as exc:
-            raise ShapeError(cls.describe_error(arrays, attrs, exc)) from None
+        except Exception as exc:
+            _blame_inputs(cls, arrays, attrs, exc)  # a ShapeError if the inputs are at fault,
+            raise                                   # else a bug in the op: raised as itself
         node = ctx if requires_grad else None
         if type(data) is tuple:
             ctx.n_outputs = len(data)
@@ -174,162 +86,18 @@ class Function:
                 obs.on_forward(ctx, tensors, out)
         return out
 
-    # The tensor methods of the pointwise and binary ops call these instead of `apply`: the
-    # same result, without *args/**attrs packing, about 0.8 µs less per op (a third of an
-    # op's overhead; a recurrent step is a dozen ops). They record after forward, so they
-    # are for ops whose forward does not read needs_input_grad (none of ops.py does).
     @classmethod
-    def apply_unary(cls, a):
-        if _observers:
-            return cls.apply(a)
-        ctx = cls()
-        try:
-            data = ctx.forward(a.data)
-        except (ValueError, IndexError, TypeError) as exc:
-            raise ShapeError(cls.describe_error([a.data], {}, exc)) from None
-        if a.requires_grad and _grad_mode.enabled:
-            ctx.parents = (a,)
-            ctx.needs_input_grad = (True,)
-            ctx.seq = next(_sequence)
-            return _output(data, ctx, True)
-        return _output(data, None, False)
+    def input_problem(cls, *arrays, **attrs):
+        """What is wrong with these inputs (a phrase naming their shapes), or None: asked
+        only after forward raised (`_blame_inputs`). Ops check their constraints here."""
+        return None
 
     @classmethod
-    def apply_binary(cls, a, b):
-        if _observers:
-            return cls.apply(a, b)
-        ctx = cls()
-        try:
-            data = ctx.forward(a.data, b.data)
-        except (ValueError, IndexError, TypeError) as exc:
-            raise ShapeError(cls.describe_error([a.data, b.data], {}, exc)) from None
-        need_a, need_b = a.requires_grad, b.requires_grad
-        if (need_a or need_b) and _grad_mode.enabled:
-            ctx.parents = (a, b)
-            ctx.needs_input_grad = (need_a, need_b)
-            ctx.seq = next(_sequence)
-            return _output(data, ctx, True)
-        return _output(data, None, False)
-
-
-_tensor_class = None        # set by tensor.py, the layer above, when it defines Tensor
-_new = object.__new__
-_ndarray = np.ndarray
-
-
-def _output(data, node, requires_grad, index=0):
-    """An op's output tensor, without Tensor.__init__'s checks (it runs once per op).
-    ``index`` is which output of a multi-output node (split, unbind) it is."""
-    if type(data) is not _ndarray:
-        data = np.asarray(data)     # numpy reductions return scalars; .data is always an array
-    t = _new(_tensor_class)
-    t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name, t.requires_grad = \
-        data, None, node, index, None, False, None, requires_grad
-    t._modified = t.grad_tensor = None
-    return t
-
-
-# --- deferred weight gradients --------------------------------------------------------------
-
-class OuterProductSum:
-    """The weight gradient ``sum_k a_k.T @ b_k`` kept as its factors until an array is needed.
-
-    A shared weight's gradient is the sum of one small product per use (``g.T @ x`` per time
-    step, K = batch rows each); BLAS does the same sum faster as ONE product over all the
-    uses' rows stacked. So `Linear` and `MatMul` return this for a weight (when a use's
-    product is big enough to gain: ``ops.DEFER_WEIGHT_GRAD_MIN_WORK``), the walk sums it with
-    ``+`` like any gradient (two of them just join, no arithmetic), and it becomes an array
-    where one is needed: before hooks, observers, ``retain_grad`` or a node's backward see it,
-    and when a leaf receives it. The price: each use's factors stay alive until then.
-
-    Under ``create_graph`` the factors are Tensors and the one product is recorded (a ``cat``
-    of the rows, a transpose, a matmul): the gradient graph then holds one large product per
-    weight instead of one small product and one sum per use.
-    """
-
-    __slots__ = ("a", "b", "rest")
-    __array_ufunc__ = None      # ``ndarray + this`` defers to __radd__ instead of broadcasting
-
-    def __init__(self, a, b, rest=None):
-        self.a, self.b = a, b       # this term: a.T @ b, a (K, M), b (K, N)
-        self.rest = rest            # the sum of the other terms (an OuterProductSum) or None
-
-    @property
-    def shape(self):
-        return (self.a.shape[1], self.b.shape[1])
-
-    @property
-    def dtype(self):
-        return np.result_type(*{x.dtype for term in self._terms() for x in term})
-
-    def __add__(self, other):
-        if isinstance(other, OuterProductSum):
-            if other.shape != self.shape:
-                raise ShapeError(f"gradient sum: shapes {self.shape} and {other.shape} differ")
-            total = self
-            while other is not None:      # O(terms of other): one, in the walk
-                total, other = OuterProductSum(other.a, other.b, total), other.rest
-            return total
-        return self.materialize() + other
-
-    def __radd__(self, other):
-        return other + self.materialize()
-
-    def __array__(self, dtype=None, copy=None):
-        out = self.materialize()
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def materialize(self):
-        if self.rest is None:
-            return self.a.T @ self.b
-        a_rows, b_rows = zip(*self._terms())
-        concatenate = _tensor_math.concatenate if isinstance(self.a, _tensor_class) else np.concatenate
-        return concatenate(a_rows, axis=0).T @ concatenate(b_rows, axis=0)
-
-    def _terms(self):
-        term = self
-        while term is not None:     # iterative: a 2000-step sum is a 2000-long chain
-            yield term.a, term.b
-            term = term.rest
+    def op_name(cls):
+        return cls.name or cls.__name__.lower()
 
 
 # --- the backward walk -------------------------------------------------------------------
-
-@contextlib.contextmanager
-def gc_paused(keep_new_objects=False):
-    """Pause Python's cyclic garbage collector (reference counting still frees everything).
-
-    The tape has no reference cycles (a node points to its inputs, never to its outputs), so
-    the collector can free nothing in it, yet while a long tape grows or shrinks each of its
-    passes re-scans every node: for an unrolled sequence that was a third of the run time.
-    PyTorch's tape lives in C++, out of the collector's sight; pausing it is our equivalent.
-
-    ``keep_new_objects=True`` (Unroll, which leaves a whole new tape behind) also moves the
-    objects made meanwhile to the collector's oldest generation on exit, without scanning
-    them; otherwise the first young-generation pass afterwards scans the entire new tape
-    once (15% of an LSTM forward at T=100, 25% at T=2000) and finds nothing to free.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if keep_new_objects and gc.get_freeze_count() == 0:
-            # freeze() then unfreeze() is that move, in O(1): documented, unfreeze puts the
-            # objects back into the oldest generation. Skipped if the program froze objects.
-            gc.freeze()
-            gc.unfreeze()
-        if was_enabled:
-            gc.enable()
-
-
-def _graph_freed_error(t, ctx):
-    where = f"'{ctx.op_name()}' (output shape {t.shape})"
-    return RuntimeError(
-        f"backward: the graph through {where} was already freed by an "
-        "earlier backward. Pass retain_graph=True to the first backward to go through it "
-        "twice, or detach the state between truncated-BPTT windows (tg.detach_state).")
-
 
 def backward(root, grad, retain_graph=False, create_graph=False):
     """Back-propagate ``grad`` (the gradient of some loss w.r.t. ``root``) through the tape.
@@ -339,8 +107,7 @@ def backward(root, grad, retain_graph=False, create_graph=False):
     reached nodes latest-first, from a heap, runs each one after every node that can still
     send it a gradient, in one pass, without first counting uses. Gradients are summed per
     node output as they arrive and dropped once the node has run; leaves receive their
-    total at the end. A weight's gradient may arrive as an `OuterProductSum`; it is summed
-    like any other and made an array only when something needs one (see the class).
+    total at the end.
 
     ``create_graph=True`` runs every rule on Tensors instead (``grad`` is then a Tensor):
     the gradients it computes are recorded, so they can be differentiated again.
@@ -351,9 +118,9 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
 @contextlib.contextmanager
 def _walking(create_graph):
-    if not _malloc.state["done"]:
-        _malloc.tune_malloc()           # once per process: see _malloc.py
-    # create_graph leaves a new graph behind, as Unroll does: see gc_paused
+    tune_malloc()                   # once per process: engine/malloc.py
+    # The tape holds no cycles (engine/gc_pause.py); create_graph leaves a new graph behind,
+    # as an Unroll does.
     with gc_paused(keep_new_objects=create_graph), \
             (enable_grad() if create_graph else contextlib.nullcontext()):
         yield
@@ -375,8 +142,7 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
         node = root._ctx
         entry = pending.get(node)
         if entry is None:
-            n = node.n_outputs
-            entry = pending[node] = ([None] * n, [None] * n)
+            entry = pending[node] = ([None] * node.n_outputs, [None] * node.n_outputs)
             heap.append((-node.seq, node))
         prev = entry[0][root._index]
         entry[0][root._index] = grad if prev is None else prev + grad
@@ -394,10 +160,10 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
         rule = _graph_rule(ctx, outs) if create_graph else None
         if ctx.n_outputs == 1:                            # most nodes: no loop, no unpacking
             g, t = out_grads[0], outs[0]
-            if type(g) is OuterProductSum:                # a non-leaf weight: its node needs an array
-                g = out_grads[0] = g.materialize()
-            if t._hooks or t._retain:
-                g = out_grads[0] = _finish_output_grad(t, g, capture)
+            # Not an array: a deferred weight-gradient sum (engine/weight_grads.py), or a
+            # Tensor under create_graph.
+            if type(g) is not _ndarray or t._hooks or t._retain:
+                g = out_grads[0] = _finish(t, g, capture)
             if capture is not None and t in capture:
                 capture[t] = g
                 if ctx not in needed:                     # nothing to reach below it
@@ -405,19 +171,15 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
             in_grads = ctx.backward(g) if rule is None else rule(g)
         else:
             for i, t in enumerate(outs):
-                if t is not None:
-                    g = out_grads[i]
-                    if type(g) is OuterProductSum:
-                        g = out_grads[i] = g.materialize()
-                    if t._hooks or t._retain:
-                        out_grads[i] = _finish_output_grad(t, g, capture)
-                    if capture is not None and t in capture:
-                        capture[t] = out_grads[i]
+                if t is not None and (type(out_grads[i]) is not _ndarray or t._hooks or t._retain):
+                    out_grads[i] = _finish(t, out_grads[i], capture)
+                if capture is not None and t in capture:
+                    capture[t] = out_grads[i]
             if capture is not None and ctx not in needed:
                 continue
             in_grads = ctx.backward(*out_grads) if rule is None else rule(*out_grads)
         if observers:                                     # they read per-node arrays (the ledger)
-            in_grads = [g.materialize() if type(g) is OuterProductSum else g for g in in_grads]
+            in_grads = [None if g is None else _as_array(g) for g in in_grads]
             reached = [t for t in outs if t is not None]
             for obs in observers:
                 obs.on_backward(ctx, _arrays(out_grads), _arrays(in_grads), reached)
@@ -446,12 +208,10 @@ def _walk(roots, grads, retain_graph, create_graph=False, capture=None):
             ctx.__dict__.clear()
             ctx.freed = True
     for leaf, g in leaf_grads.items():
-        if type(g) is OuterProductSum:                    # all uses delivered: one GEMM now
-            g = g.materialize()
         if capture is None:
-            leaf._accumulate_grad(_run_hooks(leaf, g))
+            _finish(leaf, g)
         elif leaf in capture:
-            capture[leaf] = _run_hooks(leaf, g)
+            capture[leaf] = _finish(leaf, g, capture)
 
 
 def _nodes_leading_to(roots, inputs):
@@ -484,13 +244,61 @@ def _creation_order(node):
     return node.seq
 
 
-def _finish_output_grad(t, g, capture=None):
-    """The finished gradient of a node's output: hooks applied, kept if retain_grad()
-    (not by tg.grad, which leaves every ``.grad`` alone)."""
-    g = _run_hooks(t, g)
-    if t._retain and capture is None:
+def _blame_inputs(op, arrays, attrs, exc):
+    """Called when ``op``'s forward raised ``exc``: if the inputs are at fault, raise a
+    `ShapeError` naming the op and what is wrong, chained to ``exc``; if they are fine, return,
+    and ``exc`` (a bug in the op) is raised unchanged."""
+    if isinstance(exc, ShapeError):
+        return                              # the op checked its inputs itself (linear)
+    problem = op.input_problem(*arrays, **attrs)
+    if problem is not None:
+        raise ShapeError(f"{op.op_name()}: {problem}") from exc
+
+
+def _finish(t, g, capture=None):
+    """``t``'s gradient, complete: an array (a Tensor under create_graph), hooks applied,
+    kept in ``.grad`` if ``t`` is a leaf or called retain_grad() (not by tg.grad, which
+    leaves every ``.grad`` alone: ``capture``)."""
+    g = _as_array(g)                # a deferred weight-gradient sum becomes one GEMM here
+    if t._hooks:
+        as_tensor = type(g) is Tensor
+        for hook in t._hooks:
+            replaced = hook(g)
+            if replaced is not None:
+                g = _check_hook_grad(t, replaced, as_tensor)
+    if capture is None and (t._retain or t._ctx is None):
         t._accumulate_grad(g)
     return g
+
+
+def _as_array(g):
+    """A gradient as an array, or a Tensor under create_graph; a deferred sum materialized."""
+    if type(g) is _ndarray or type(g) is Tensor:
+        return g
+    if hasattr(g, "materialize"):   # an OuterProductSum (engine/weight_grads.py)
+        return g.materialize()
+    return np.asarray(g)
+
+
+def _arrays(grads):
+    """Gradients as arrays for observers (they read numbers; under create_graph, the data)."""
+    return [g.data if type(g) is Tensor else g for g in grads]
+
+
+def _check_hook_grad(t, g, as_tensor=False):
+    """A hook's gradient of ``t``'s shape and dtype: an array, or under create_graph (where
+    hooks receive Tensors) a Tensor."""
+    if isinstance(g, Tensor):
+        g = g if as_tensor else g.data
+    else:
+        g = np.asarray(g)
+    if g.shape != t.shape:
+        raise ShapeError(f"hook: returned a gradient of shape {g.shape} for a tensor of shape "
+                         f"{t.shape}; a hook must return None or an array of the tensor's shape")
+    if as_tensor:
+        g = g if isinstance(g, Tensor) else _output(g, None, False)
+        return g if g.dtype == t.dtype else g.astype(t.dtype)
+    return g.astype(t.dtype, copy=False)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
@@ -538,9 +346,9 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError(f"grad: inputs[{i}] (shape {x.shape}{_named(x)}) was not used to "
                                "compute the outputs, so it has no gradient; pass "
                                "allow_unused=True to get None for it")
-        if type(g) is OuterProductSum:
-            g = g.materialize()
-        if g is not None and not isinstance(g, _tensor_class):
+        if g is not None:
+            g = _as_array(g)
+        if g is not None and not isinstance(g, Tensor):
             g = _output(np.array(g, dtype=x.dtype, copy=True), None, False)
         elif g is not None and g.dtype != x.dtype:
             g = g.astype(x.dtype)
@@ -549,11 +357,11 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
 
 
 def _as_tensor_list(values, what):
-    values = [values] if isinstance(values, _tensor_class) else list(values)
+    values = [values] if isinstance(values, Tensor) else list(values)
     if not values:
         raise ValueError(f"grad: {what} is empty")
     for i, v in enumerate(values):
-        if not isinstance(v, _tensor_class):
+        if not isinstance(v, Tensor):
             raise TypeError(f"grad: {what}[{i}] is a {type(v).__name__}, expected a Tensor")
     return values
 
@@ -567,7 +375,7 @@ def _seed_grad(out, grad, create_graph, who):
                                "a single-element output. Pass the gradient of the same shape "
                                "(grad_outputs=, or backward's grad=) or reduce it first (.sum())")
         grad = np.ones(out.shape, dtype=out.dtype)
-    if isinstance(grad, _tensor_class):
+    if isinstance(grad, Tensor):
         if not create_graph:
             grad = grad.data
     else:
@@ -576,15 +384,11 @@ def _seed_grad(out, grad, create_graph, who):
         raise ShapeError(f"{who}: its gradient has shape {grad.shape}, expected the output's "
                          f"shape {out.shape}")
     if grad.dtype != out.dtype:
-        grad = grad.astype(out.dtype) if isinstance(grad, _tensor_class) else \
+        grad = grad.astype(out.dtype) if isinstance(grad, Tensor) else \
             grad.astype(out.dtype, copy=False)
-    if create_graph and not isinstance(grad, _tensor_class):
+    if create_graph and not isinstance(grad, Tensor):
         grad = _output(grad, None, False)
     return grad
-
-
-def _arrays(grads):
-    return [g.data if isinstance(g, _tensor_class) else g for g in grads]
 
 
 # --- backward on Tensors (create_graph) -------------------------------------------------------
@@ -614,9 +418,9 @@ def _graph_rule(ctx, outs):
 
 
 def _as_tensor(g):
-    if g is None or isinstance(g, (_tensor_class, OuterProductSum)):
-        return g
-    return _output(g, None, False)      # a rule's constant (e.g. zeros): no graph behind it
+    if type(g) is _ndarray:
+        return _output(g, None, False)  # a rule's constant (e.g. zeros): no graph behind it
+    return g                            # a Tensor, None, or a deferred sum of Tensor factors
 
 
 def _once_differentiable(ctx):
@@ -687,26 +491,154 @@ def _named(t):
     return f", '{t.name}'" if t.name else ""
 
 
-def _run_hooks(t, g):
-    if t._hooks:
-        for hook in t._hooks:
-            replaced = hook(g)
-            if replaced is not None:
-                g = _check_hook_grad(t, replaced, as_tensor=isinstance(g, _tensor_class))
-    return g
+def _graph_freed_error(t, ctx):
+    where = f"'{ctx.op_name()}' (output shape {t.shape})"
+    return RuntimeError(
+        f"backward: the graph through {where} was already freed by an "
+        "earlier backward. Pass retain_graph=True to the first backward to go through it "
+        "twice, or detach the state between truncated-BPTT windows (tg.detach_state).")
 
 
-def _check_hook_grad(t, g, as_tensor=False):
-    """A hook's gradient of ``t``'s shape and dtype: an array, or under create_graph (where
-    hooks receive Tensors) a Tensor."""
-    if isinstance(g, _tensor_class):
-        g = g if as_tensor else g.data
-    else:
-        g = np.asarray(g)
-    if g.shape != t.shape:
-        raise ShapeError(f"hook: returned a gradient of shape {g.shape} for a tensor of shape "
-                         f"{t.shape}; a hook must return None or an array of the tensor's shape")
-    if as_tensor:
-        g = g if isinstance(g, _tensor_class) else _output(g, None, False)
-        return g if g.dtype == t.dtype else g.astype(t.dtype)
-    return g.astype(t.dtype, copy=False)
+# A node is created after the nodes of its inputs, so a larger number is later in every
+# path: the backward walk runs nodes in decreasing order (itertools.count is atomic).
+_sequence = itertools.count()
+_new = object.__new__
+_ndarray = np.ndarray
+
+
+def _output(data, node, requires_grad, index=0):
+    """An op's output tensor, without Tensor.__init__'s checks (it runs once per op).
+    ``index`` is which output of a multi-output node (split, unbind) it is."""
+    if type(data) is not _ndarray:
+        data = np.asarray(data)     # numpy reductions return scalars; .data is always an array
+    t = _new(Tensor)
+    t.data, t.grad, t._ctx, t._index, t._hooks, t._retain, t.name, t.requires_grad = \
+        data, None, node, index, None, False, None, requires_grad
+    t._modified = t.grad_tensor = None
+    return t
+
+
+# --- grad mode ---------------------------------------------------------------------------
+
+class _GradModeState(threading.local):
+    # A class default, so that reading it in a thread that never set it does not raise
+    # internally (getattr with a default on a missing attribute costs ~1 µs, on every op).
+    enabled = True
+
+
+_grad_mode = _GradModeState()
+
+
+def is_grad_enabled():
+    return _grad_mode.enabled
+
+
+class _GradMode:
+    """Context manager and decorator that sets grad recording for the current thread."""
+
+    enabled = True
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        _grad_mode.enabled = self.enabled
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """``with tg.no_grad():`` (or ``@tg.no_grad()``) records nothing on the tape."""
+
+    enabled = False
+
+
+class enable_grad(_GradMode):
+    """Re-enables recording inside a ``no_grad`` block."""
+
+    enabled = True
+
+
+# --- observers (trace, anomaly mode, BPTT ledger); empty and free unless someone listens --
+
+# Observers are global, not per thread like grad mode: they are debugging tools wrapped
+# around a region of a program (like a profiler), and they should see the ops of every
+# thread that runs there; a per-thread list would cost a thread-local lookup on every op.
+# Where each op is (the scope: time step, layer) is per thread, since each thread's forward
+# is at its own step.
+_observers = []
+
+
+def add_observer(obs):
+    _observers.append(obs)
+
+
+def remove_observer(obs):
+    _observers.remove(obs)
+
+
+def observing():
+    return bool(_observers)
+
+
+def notify_step(unroll, t, out, state):
+    """Tell observers that define ``on_step`` (the BPTT ledger) a step's output and state."""
+    if _observers:
+        for obs in list(_observers):
+            on_step = getattr(obs, "on_step", None)
+            if on_step is not None:
+                on_step(unroll, t, out, state)
+
+
+class _ScopeState(threading.local):
+    current = {}            # never mutated: each scope replaces it, and puts it back on exit
+
+
+_scope = _ScopeState()
+
+
+def current_scope():
+    """Where this thread's forward is, e.g. ``{"step": 7, "layer": 1}`` (set by `scope`)."""
+    return _scope.current
+
+
+def scope(**where):
+    """``with autograd.scope(step=t):`` tags the ops recorded inside for observers (Unroll
+    and Stack do this); the previous scope comes back on exit, exceptions included. While
+    nobody listens there is nothing to tag: a shared no-op block, 0.2 µs a step."""
+    return _Scope(where) if _observers else _NOT_LISTENING
+
+
+_NOT_LISTENING = contextlib.nullcontext()
+
+
+class _Scope:
+    __slots__ = ("where", "previous")
+
+    def __init__(self, where):
+        self.where = where
+
+    def __enter__(self):
+        self.previous = _scope.current
+        _scope.current = {**self.previous, **self.where}
+        return self
+
+    def __exit__(self, *exc):
+        _scope.current = self.previous
+        return False
+
+
+# Tensor and Function need each other: an op's inputs and outputs are Tensors, and Tensor's
+# methods apply Functions. The package imports this module before tensor.py, which imports
+# it at its top; so Tensor is imported here, last, once everything tensor.py (and the engine
+# modules it loads) use from this module exists. No class is injected from above.
+from .tensor import Tensor  # noqa: E402
