@@ -1,0 +1,137 @@
+"""JAX reference timings for bench_rnn.py: the same equations under ``lax.scan`` and ``jit``.
+
+Each cell is PyTorch's (and ours): the same parameter layouts, gate orders (LSTM i, f, g, o;
+GRU r, z, n with the reset gate after the matmul) and the MGU of ``cells.py``. The input
+side of every step is one matmul over all T·B rows before the scan, as an informed JAX user
+writes it (and as torch.nn and our compiled path do); the scan then carries the state
+through the per-step products and the gates. One forward+backward is
+``jax.vjp(run, params, xs)`` with the benchmark's fixed cotangent ``dys`` on the outputs,
+jit-compiled as one function per shape (the compile is the first call, reported apart from the
+timing), then ``block_until_ready`` on every gradient.
+
+Threads: bench_rnn.py starts this worker with ``JAX_PLATFORMS=cpu`` and, at ``--threads 1``,
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, which in jax 0.10 keeps XLA's matmuls and
+elementwise work on one core (a 1024² matmul chain then runs as fast as under ``taskset`` on
+one core; ``intra_op_parallelism_threads`` is no XLA flag, and adding it to XLA_FLAGS left
+two cores busy).
+
+Usage (bench_rnn.py does this): ``python jax_rnn.py --serve SPEC``, then the request loop of
+``worker.py``. tests/test_benchmarks_baseline.py checks these equations against the numpy
+BPTT.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Importing jax must not need jax's x64 mode; the worker turns it on for float64 rows.
+
+
+def rnn_sequence(params, xs):
+    W_ih, W_hh, b_ih, b_hh = params
+    x_side = xs @ W_ih.T + b_ih + b_hh                 # (T, B, H): every step's input side
+
+    def step(h, x_t):
+        h = jnp.tanh(x_t + h @ W_hh.T)
+        return h, h
+    return lax.scan(step, jnp.zeros((xs.shape[1], W_hh.shape[1]), xs.dtype), x_side)[1]
+
+
+def lstm_sequence(params, xs):
+    W_ih, W_hh, b_ih, b_hh = params
+    x_side = xs @ W_ih.T + b_ih + b_hh                 # (T, B, 4H)
+
+    def step(carry, x_t):
+        h, c = carry
+        i, f, g, o = jnp.split(x_t + h @ W_hh.T, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+    zeros = jnp.zeros((xs.shape[1], W_hh.shape[1]), xs.dtype)
+    return lax.scan(step, (zeros, zeros), x_side)[1]
+
+
+def gru_sequence(params, xs):
+    W_ih, W_hh, b_ih, b_hh = params
+    x_side = xs @ W_ih.T + b_ih                        # (T, B, 3H)
+
+    def step(h, x_t):
+        x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h @ W_hh.T + b_hh, 3, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * h_n)
+        h = (1 - z) * n + z * h
+        return h, h
+    return lax.scan(step, jnp.zeros((xs.shape[1], W_hh.shape[1]), xs.dtype), x_side)[1]
+
+
+def mgu_sequence(params, xs):
+    W_f, b_f, W_h, b_h = params
+    I = xs.shape[-1]
+    f_x_side = xs @ W_f[:, :I].T + b_f                 # (T, B, H): the x-columns of W_f [x, h]
+    h_x_side = xs @ W_h[:, :I].T + b_h
+    W_fh, W_hh = W_f[:, I:], W_h[:, I:]
+
+    def step(h, x_sides):
+        f_x, h_x = x_sides
+        f = jax.nn.sigmoid(f_x + h @ W_fh.T)
+        h_tilde = jnp.tanh(h_x + (f * h) @ W_hh.T)
+        h = (1 - f) * h + f * h_tilde
+        return h, h
+    return lax.scan(step, jnp.zeros((xs.shape[1], W_f.shape[0]), xs.dtype), (f_x_side, h_x_side))[1]
+
+
+SEQUENCES = {"rnn": rnn_sequence, "lstm": lstm_sequence, "gru": gru_sequence, "mgu": mgu_sequence}
+
+
+def forward_backward(cell):
+    """A jitted ``(params, xs, dys) -> (ys, (dparams, dxs))``: outputs and the VJP of dys."""
+    sequence = SEQUENCES[cell]
+
+    def run(params, xs, dys):
+        ys, vjp = jax.vjp(sequence, params, xs)
+        return ys, vjp(dys)
+    return jax.jit(run)
+
+
+def build(job):
+    """bench worker contestants for one job: {"jax": step}, checked against the numpy BPTT."""
+    import numpy_bptt
+
+    cell = job["cell"]
+    if cell not in SEQUENCES:
+        return {}, None, [f"jax: no {cell} equations written for JAX"]
+    dtype = np.dtype(job["dtype"])
+    T, B, I, H = job["T"], job["B"], job["I"], job["H"]
+    rng = np.random.default_rng(0)
+    xs_np = rng.standard_normal((T, B, I)).astype(dtype)
+    dys_np = rng.standard_normal((T, B, H)).astype(dtype)
+    params_np = numpy_bptt.init_parameters(cell, I, H, dtype, rng)
+    reference = numpy_bptt.reference_gradients(cell, xs_np, dys_np, params_np)
+
+    params = tuple(jnp.asarray(p) for p in params_np)
+    xs, dys = jnp.asarray(xs_np), jnp.asarray(dys_np)
+    fn = forward_backward(cell)
+
+    def step():
+        _, (dparams, dxs) = jax.block_until_ready(fn(params, xs, dys))
+        return [dxs, *dparams]
+    return {"jax": step}, reference, []
+
+
+def serve(spec):
+    import worker
+
+    jax.config.update("jax_enable_x64", True)          # float64 rows; float32 arrays stay float32
+    worker.serve(build, spec)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
+        sys.exit("usage: jax_rnn.py --serve SPEC (bench_rnn.py runs it)")
+    serve(json.loads(sys.argv[2]))
