@@ -10,16 +10,21 @@ jit-compiled as one function per shape (the compile is the first call, reported 
 timing), then ``block_until_ready`` on every gradient.
 
 Threads: bench_rnn.py starts this worker with ``JAX_PLATFORMS=cpu`` and, at ``--threads 1``,
-``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, which in jax 0.10 keeps XLA's matmuls and
-elementwise work on one core (a 1024² matmul chain then runs as fast as under ``taskset`` on
-one core; ``intra_op_parallelism_threads`` is no XLA flag, and adding it to XLA_FLAGS left
-two cores busy).
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``; the worker also turns off
+``jax_cpu_enable_async_dispatch``, so that the computation runs on the calling thread, as
+torch's and numpy's do. Measured with jax 0.10 (LSTM M, wall / CPU ms per forward+backward,
+on the shared 2-core machine): by default 62-108 / 74-79 (two cores busy); eigen off alone
+151-209 / 75-79 (one core computing, the Python thread waiting on another thread's hand-over,
+slow under load); both off 76 / 75 (one thread). ``intra_op_parallelism_threads`` is not an
+XLA flag: added to XLA_FLAGS it left two cores busy, and ``--xla_cpu_use_thunk_runtime`` is
+no longer supported.
 
 Usage (bench_rnn.py does this): ``python jax_rnn.py --serve SPEC``, then the request loop of
 ``worker.py``. tests/test_benchmarks_baseline.py checks these equations against the numpy
 BPTT.
 """
 
+import functools
 import json
 import sys
 
@@ -89,8 +94,10 @@ def mgu_sequence(params, xs):
 SEQUENCES = {"rnn": rnn_sequence, "lstm": lstm_sequence, "gru": gru_sequence, "mgu": mgu_sequence}
 
 
+@functools.cache
 def forward_backward(cell):
-    """A jitted ``(params, xs, dys) -> (ys, (dparams, dxs))``: outputs and the VJP of dys."""
+    """A jitted ``(params, xs, dys) -> (ys, (dparams, dxs))``: outputs and the VJP of dys
+    (one per cell, so that jit compiles once per shape and dtype)."""
     sequence = SEQUENCES[cell]
 
     def run(params, xs, dys):
@@ -128,6 +135,8 @@ def serve(spec):
     import worker
 
     jax.config.update("jax_enable_x64", True)          # float64 rows; float32 arrays stay float32
+    if spec["threads"] == 1:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)   # compute on this thread
     worker.serve(build, spec)
 
 

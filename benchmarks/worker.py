@@ -9,7 +9,8 @@ and answers one JSON request per line on stdin with one JSON reply per line:
   "notes": [...]}``. Each contestant runs once (its JIT compile or trace, timed as
   ``first_ms``), and its gradients are compared with the job's reference: the numpy BPTT
   of ``numpy_bptt.py`` on the same weights and data, or another contestant. Warnings raised
-  meanwhile (a compiled cell falling back to eager, say) come back as notes.
+  meanwhile, building included (a compiled cell falling back to eager, say), come back as
+  notes.
 * ``{"runs": n}`` -> ``{"ms": {name: [ms, ...]}}``: n times every contestant, taking turns
   run by run, so that load on the machine hits them alike.
 
@@ -47,10 +48,10 @@ def serve(build, spec):
         request = json.loads(line)
         if "setup" in request:
             contestants = {}                     # free the last job's memory before building
-            contestants, reference, notes = build(request["setup"])
             first_ms, grads = {}, {}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                contestants, reference, notes = build(request["setup"])
                 for name, fn in contestants.items():
                     t0 = now()
                     grads[name] = fn()
