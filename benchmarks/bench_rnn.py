@@ -51,7 +51,7 @@ the numpy BPTT on the same weights and data, in its own process (minGRU's scan: 
 stepped form). The ``grad err`` column is the worst relative error of the row.
 
     python benchmarks/bench_rnn.py                       # everything (~10 min)
-    python benchmarks/bench_rnn.py --quick               # S and M, 3 repeats (~2 min)
+    python benchmarks/bench_rnn.py --quick               # S and M, 3 rounds (~2 min)
     python benchmarks/bench_rnn.py --cells lstm --sizes M,long --repeats 15 --clock cpu
 """
 
@@ -94,10 +94,10 @@ def parse_args(argv=None):
                    help="sizes also run in float64 for rnn, lstm, gru, for reference ('' for none)")
     p.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int, default=None,
                    help="run the workers this many times, taking turns (ours, torch eager, torch.nn, "
                         "JAX, ours, ...), and report the median over rounds: fairer when the machine's "
-                        "load changes while the benchmark runs")
+                        "load changes while the benchmark runs (default 1; 3 with --quick)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/torch/XLA threads for everyone")
     p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="wall: time.perf_counter; cpu: time.process_time (the worker's CPU time, "
@@ -108,14 +108,16 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     p.add_argument("--no-jax", action="store_true", help="skip the JAX column")
     p.add_argument("--quick", action="store_true",
-                   help="sizes S,M only, 3 repeats, 1 warmup, no float64 (~2 min)")
+                   help="sizes S,M only, no float64, 5 repeats after 2 warmup, 3 rounds (~2 min)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)   # internal: see Worker
     args = p.parse_args(argv)
     if args.serve:
         return args
     if args.quick:
-        args.sizes, args.float64_sizes, args.repeats, args.warmup = "S,M", "", 3, 1
+        args.sizes, args.float64_sizes, args.repeats, args.warmup = "S,M", "", 5, 2
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 1
     args.cells = _choices(args.cells, CELL_NAMES, "--cells")
     args.sizes = _choices(args.sizes, SIZES, "--sizes")
     args.float64_sizes = _choices(args.float64_sizes, SIZES, "--float64-sizes")
@@ -346,11 +348,11 @@ def _goal(text, limit, pairs):
         return f"- {text}: no such rows in this run"
     if not measured:
         return f"- {text}: not measured (a contestant is unavailable)"
-    missed = [f"{label} {ratio:.2f}" for label, ratio in measured if ratio > limit]
+    missed = [f"{label} {ratio:.3f}" for label, ratio in measured if ratio > limit]
     unmeasured = len(pairs) - len(measured)
     verdict = ("met" if not missed else "MISSED in " + ", ".join(missed))
     worst = max(ratio for _, ratio in measured)
-    return (f"- {text}: {verdict} (worst {worst:.2f}"
+    return (f"- {text}: {verdict} (worst {worst:.3f}"
             + (f"; {unmeasured} row(s) not measured" if unmeasured else "") + ")")
 
 

@@ -225,9 +225,9 @@ def test_report_picks_the_best_peer_and_names_missed_goals():
     lstm_line = next(line for line in text.splitlines() if line.startswith("| lstm"))
     assert "| 18.0 (torch.nn) | 1.11 | 1.67 | 0.89 |" in lstm_line
     goals = bench_rnn.goals(rows).splitlines()
-    assert "MISSED in lstm M 1.11" in goals[1] and "gru L" not in goals[1]
-    assert "MISSED in lstm M 1.67" in goals[2] and "worst 1.67" in goals[2]
-    assert "met (worst 0.75)" in goals[3]                  # MGU against torch.nn.GRU
+    assert "MISSED in lstm M 1.111" in goals[1] and "gru L" not in goals[1]
+    assert "MISSED in lstm M 1.667" in goals[2] and "worst 1.667" in goals[2]
+    assert "met (worst 0.750)" in goals[3]                 # MGU against torch.nn.GRU
     assert "no such rows" in goals[4]
 
 
