@@ -276,12 +276,14 @@ def _median(values):
 
 
 def collect_rows(all_jobs, rounds):
-    """One row per job: every contestant's median over rounds, the worst gradient error."""
+    """One row per job: every contestant's median over rounds (and each round's, for the
+    spread), the worst gradient error."""
     rows = []
     for job in all_jobs:
         results = [res[job_key(job)] for res in rounds]
         names = {name for res in results for name in res["ms"]}
         row = {**job, "ms": {name: _median(res["ms"].get(name) for res in results) for name in names},
+               "ms_rounds": {name: [res["ms"].get(name) for res in results] for name in names},
                "first_ms": {name: _median(res["first_ms"].get(name) for res in results) for name in names},
                "grad_err": {}, "notes": sorted({n for res in results for n in res["notes"]})}
         for name in names:

@@ -27,8 +27,12 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def relative_error(grads, reference):
-    """||g - ref|| / ||ref|| over all the gradients, concatenated."""
+    """||g - ref|| / ||ref|| over all the gradients, concatenated (inf if one is missing:
+    a contestant that left a ``.grad`` unset)."""
     import numpy as np
+
+    if any(g is None for g in grads):
+        return float("inf")
 
     got = np.concatenate([np.asarray(g, np.float64).ravel() for g in grads])
     ref = np.concatenate([np.asarray(r, np.float64).ravel() for r in reference])

@@ -191,10 +191,12 @@ def test_stepped_cell_steps_a_cell_that_runs_its_own_sequence():
 def test_worker_protocol_times_and_checks(monkeypatch):
     """serve() answers setup with each contestant's gradient error against the reference and
     runs with n times per contestant; a contestant with a wrong gradient shows it."""
-    right, wrong = [np.ones(3)], [np.array([1.0, 1.0, 1.5])]
+    right, wrong, missing = [np.ones(3)], [np.array([1.0, 1.0, 1.5])], [None]
 
     def build(job):
-        return {"right": lambda: right, "wrong": lambda: wrong, "floor": lambda: None}, [np.ones(3)], ["n"]
+        contestants = {"right": lambda: right, "wrong": lambda: wrong, "missing": lambda: missing,
+                       "floor": lambda: None}
+        return contestants, [np.ones(3)], ["n"]
 
     requests = [{"setup": {}}, {"runs": 2}]
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in requests)))
@@ -204,8 +206,10 @@ def test_worker_protocol_times_and_checks(monkeypatch):
     setup, runs = (json.loads(line) for line in out.getvalue().splitlines())
     assert setup["grad_err"]["right"] == 0.0 and setup["grad_err"]["floor"] is None
     assert setup["grad_err"]["wrong"] == pytest.approx(0.5 / np.sqrt(3))
-    assert setup["notes"] == ["n"] and set(setup["first_ms"]) == {"right", "wrong", "floor"}
-    assert {name: len(ts) for name, ts in runs["ms"].items()} == {"right": 2, "wrong": 2, "floor": 2}
+    assert setup["grad_err"]["missing"] == float("inf")
+    assert setup["notes"] == ["n"] and set(setup["first_ms"]) == {"right", "wrong", "missing", "floor"}
+    assert {name: len(ts) for name, ts in runs["ms"].items()} == {"right": 2, "wrong": 2, "missing": 2,
+                                                                    "floor": 2}
 
 
 def _row(cell, size, **ms):
