@@ -151,7 +151,8 @@ def test_every_workers_contestants_agree_with_the_reference(kind):
         checked = [name for name, g in grads.items() if g is not None and g is not reference]
         assert checked, f"{family}: nothing checked for {kind}"
         for name in checked:
-            assert worker.relative_error(grads[name], reference) < 1e-12, f"{family}/{name} on {kind}"
+            # 1e-10: issue 10's float64 contract for the compiled path (the others reach ~1e-15).
+            assert worker.relative_error(grads[name], reference) < 1e-10, f"{family}/{name} on {kind}"
 
 
 def test_stepped_cell_steps_a_cell_that_runs_its_own_sequence():
