@@ -124,7 +124,7 @@ def build(family, job):
     numpy BPTT of the same weights as the gradient reference."""
     name = "torch_" + family
     if family == "eager" and job["cell"] not in EQUATIONS:
-        return {}, None, [f"{name}: no {job['cell']} equations written for torch"]
+        return {}, None, []                      # the table's legend says so (minGRU)
     step, cell, params, xs, dys = make_step(family, job)
     reference = numpy_bptt.reference_gradients(cell, xs.detach().numpy(), dys.numpy(),
                                                [p.detach().numpy() for p in params])

@@ -236,6 +236,16 @@ def test_report_picks_the_best_peer_and_names_missed_goals():
     assert "no such rows" in goals[4]
 
 
+def test_report_checks_the_mingru_speedup_as_a_lower_bound():
+    rows = [_row("mingru", "long", eager=300.0, scan=10.0, torch_nn=200.0, floor=2.0)]
+    assert bench_rnn.best_peer(rows[0]) == (200.0, "torch_nn")
+    goals = bench_rnn.goals(rows).splitlines()
+    assert "met (worst 30.000)" in goals[4]                # 300 / 10 >= 20
+    assert "met (worst 0.050)" in goals[5]                 # 10 / 200: faster than torch.nn.GRU
+    rows[0]["ms"]["scan"] = 20.0
+    assert "MISSED in mingru long 15.000" in bench_rnn.goals(rows).splitlines()[4]
+
+
 def test_report_without_compiled_says_not_measured():
     rows = [_row("rnn", "S", eager=2.0, numpy=1.0, torch_eager=3.0, torch_nn=2.0, floor=0.2)]
     assert "| n/a |" in bench_rnn.table(rows)
