@@ -179,6 +179,11 @@ class Tensor:
             extra = ", requires_grad=True"
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
+    def _repr_html_(self):
+        """Jupyter's display: shape, dtype, grad status and a preview (the text repr stays)."""
+        from ._display import tensor_html
+        return tensor_html(self)
+
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
