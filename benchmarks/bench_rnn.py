@@ -409,6 +409,37 @@ def worker_commands(args):
     return commands, unavailable
 
 
+def report(args, rows, unavailable):
+    """Print the method, the table, the legend of the rows present, the goals and the notes."""
+    import numpy as np
+
+    malloc = "glibc defaults" if args.no_malloc_pin else \
+        ", ".join(f"{k}={v}" for k, v in MALLOC_VARS.items())
+    print(f"\nforward+backward through Unroll (gradients of xs and every parameter), median of "
+          f"{args.repeats} runs after {args.warmup} warmup"
+          f"{f' (median over {args.rounds} rounds)' if args.rounds > 1 else ''}; "
+          f"{args.clock} clock; threads={args.threads}; malloc: {malloc}; numpy {np.__version__}, "
+          f"{os.cpu_count()} cores")
+    for text in unavailable:
+        print(f"  {text}")
+    print()
+    print(table(rows))
+    legend = {"mgu": "mgu (eqs): the MGU of README.md written as equations; its torch.nn column is "
+                     "torch.nn.GRU of the same size.",
+              "mingru": "mingru (scan): its compiled column is forward_sequence, its eager column the "
+                        "same cell stepped by Unroll; torch.nn is torch.nn.GRU; no numpy, torch eager "
+                        "or JAX formulation."}
+    present = [text for cell, text in legend.items() if any(r["cell"] == cell for r in rows)]
+    print("\n" + "".join(line + "\n" for line in present))
+    print("Goals:\n" + goals(rows))
+    calls = first_calls(rows)
+    if calls:
+        print(f"\nFirst call (trace/JIT compile included): {calls}")
+    notes = sorted({f"{r['cell']} {r['size']} {r['dtype']}: {n}" for r in rows for n in r["notes"]})
+    if notes:
+        print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.serve:
@@ -444,30 +475,7 @@ def main(argv=None):
             if err > GRAD_TOLERANCE[r["dtype"]]:
                 print(f"bench_rnn: WARNING: {r['cell']} {r['size']} {r['dtype']}: {name}'s gradients "
                       f"differ from the reference's (relative error {err:.1e})", file=sys.stderr)
-
-    import numpy as np
-    malloc = "glibc defaults" if args.no_malloc_pin else \
-        ", ".join(f"{k}={v}" for k, v in MALLOC_VARS.items())
-    print(f"\nforward+backward through Unroll (gradients of xs and every parameter), median of "
-          f"{args.repeats} runs after {args.warmup} warmup"
-          f"{f' (median over {args.rounds} rounds)' if args.rounds > 1 else ''}; "
-          f"{args.clock} clock; threads={args.threads}; malloc: {malloc}; numpy {np.__version__}, "
-          f"{os.cpu_count()} cores")
-    for text in unavailable:
-        print(f"  {text}")
-    print()
-    print(table(rows))
-    print("\nmgu (eqs): the MGU of README.md written as equations; its torch.nn column is torch.nn.GRU "
-          "of the same size.\nmingru (scan): its compiled column is forward_sequence, its eager column "
-          "the same cell stepped by Unroll; torch.nn is torch.nn.GRU; no numpy, torch eager or JAX "
-          "formulation.\n")
-    print("Goals:\n" + goals(rows))
-    calls = first_calls(rows)
-    if calls:
-        print(f"\nFirst call (trace/JIT compile included): {calls}")
-    notes = sorted({f"{r['cell']} {r['size']} {r['dtype']}: {n}" for r in rows for n in r["notes"]})
-    if notes:
-        print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
+    report(args, rows, unavailable)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
