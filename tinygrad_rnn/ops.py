@@ -12,7 +12,7 @@ import weakref
 
 import numpy as np
 
-from . import kernels
+from . import kernels, scan_kernels
 from .autograd import Function, OuterProductSum
 
 
@@ -568,3 +568,70 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         return (g - np.exp(self.out) * g.sum(axis=self.axis, keepdims=True),)
+
+
+# --- scans ------------------------------------------------------------------------------------
+
+class LinearScan(Function):
+    r"""All states of the linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over axis 0.
+
+    a, b (T, B, H), either broadcasting against the other (a decay shared over the batch:
+    (T, 1, H); a constant decay: (1, B, H)); h0 (B, H), zero when absent. ``reverse=True``
+    runs from the end: ``h_t = a_t * h_{t+1} + b_t``, with h0 entering at t = T-1.
+
+    The backward is the same scan run the other way (scan_kernels.scan) on the gradient:
+
+    .. math::
+        \bar h_t = g_t + a_{t+1} \bar h_{t+1}, \quad \bar a_t = \bar h_t h_{t-1}, \quad
+        \bar b_t = \bar h_t, \quad \bar h_0 = a_1 \bar h_1
+
+    (indices counted in the direction of the scan).
+    """
+
+    name = "linear_scan"
+
+    def forward(self, a, b, h0=None, reverse=False):
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        T, B, H = shape
+        dtype = np.result_type(a, b) if h0 is None else np.result_type(a, b, h0)
+        self.shapes, self.reverse = (a.shape, b.shape), reverse
+        self.a = _as_columns(a, shape, dtype)
+        b = _as_columns(b, shape, dtype)
+        self.h0 = (np.zeros(B * H, dtype) if h0 is None
+                   else np.ascontiguousarray(h0, dtype=dtype).reshape(B * H))
+        self.h = scan_kernels.scan(self.a, b, self.h0, reverse)
+        return self.h.reshape(shape)
+
+    def backward(self, g):
+        a, h, h0, reverse = self.a, self.h, self.h0, self.reverse
+        T = a.shape[0]
+        g = np.ascontiguousarray(g, dtype=h.dtype).reshape(h.shape)
+        # The scan's steps in order: t = 0..T-1, or T-1..0 when reversed.
+        first, later = (T - 1, slice(None, -1)) if reverse else (0, slice(1, None))
+        earlier = slice(1, None) if reverse else slice(None, -1)
+        # dh_t = g_t + a_{next} dh_{next}: a scan the other way, with a shifted one step.
+        a_next = np.zeros_like(a)
+        a_next[earlier] = a[later]
+        dh = scan_kernels.scan(a_next, g, np.zeros_like(h0), not reverse)
+        need_a, need_b = self.needs_input_grad[:2]
+        da = db = dh0 = None
+        if need_a:
+            h_prev = np.empty_like(h)
+            h_prev[later] = h[earlier]
+            h_prev[first] = h0
+            da = unbroadcast((dh * h_prev).reshape(self.out_shape), self.shapes[0])
+        if need_b:
+            db = unbroadcast(dh.reshape(self.out_shape), self.shapes[1])
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            dh0 = (a[first] * dh[first]).reshape(self.out_shape[1:])
+        return (da, db, dh0) if len(self.needs_input_grad) > 2 else (da, db)
+
+    @property
+    def out_shape(self):
+        return np.broadcast_shapes(*self.shapes)
+
+
+def _as_columns(x, shape, dtype):
+    """``x`` broadcast to (T, B, H) as a C-contiguous (T, B * H) array of ``dtype``."""
+    x = np.broadcast_to(x.astype(dtype, copy=False), shape)
+    return np.ascontiguousarray(x).reshape(shape[0], -1)
