@@ -16,11 +16,12 @@ import numpy as np
 
 from .. import nn
 from ..autograd import no_grad
-from ..rnn import GRUCell, LSTMCell, RNNCell, Stack, Unroll
+from ..rnn import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell, Stack, Unroll
 from ..rnn.cell import Cell
 from ..tensor import default_dtype, zeros
 
-BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell,
+                 "mingru": MinGRUCell, "minlstm": MinLSTMCell}
 
 
 class CellSpecError(ValueError):
@@ -36,7 +37,8 @@ def resolve_cell(spec):
     if spec in BUILTIN_CELLS:
         return BUILTIN_CELLS[spec]
     if ":" not in spec:
-        raise CellSpecError(f"--cell: expected rnn, lstm, gru or package.module:ClassName, got {spec!r}")
+        raise CellSpecError(f"--cell: expected {', '.join(BUILTIN_CELLS)} or package.module:ClassName, "
+                            f"got {spec!r}")
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise CellSpecError(f"--cell: {spec!r} is not of the form package.module:ClassName")
