@@ -591,10 +591,10 @@ class LinearScan(Function):
     name = "linear_scan"
 
     def forward(self, a, b, h0=None, reverse=False):
-        shape = np.broadcast_shapes(a.shape, b.shape)
+        self.shape = shape = np.broadcast_shapes(a.shape, b.shape)
         T, B, H = shape
         dtype = np.result_type(a, b) if h0 is None else np.result_type(a, b, h0)
-        self.shapes, self.reverse = (a.shape, b.shape), reverse
+        self.a_shape, self.b_shape, self.reverse = a.shape, b.shape, reverse
         self.a = _as_columns(a, shape, dtype)
         b = _as_columns(b, shape, dtype)
         self.h0 = (np.zeros(B * H, dtype) if h0 is None
@@ -603,32 +603,38 @@ class LinearScan(Function):
         return self.h.reshape(shape)
 
     def backward(self, g):
-        a, h, h0, reverse = self.a, self.h, self.h0, self.reverse
-        T = a.shape[0]
+        a, h, reverse = self.a, self.h, self.reverse
         g = np.ascontiguousarray(g, dtype=h.dtype).reshape(h.shape)
-        # The scan's steps in order: t = 0..T-1, or T-1..0 when reversed.
-        first, later = (T - 1, slice(None, -1)) if reverse else (0, slice(1, None))
-        earlier = slice(1, None) if reverse else slice(None, -1)
-        # dh_t = g_t + a_{next} dh_{next}: a scan the other way, with a shifted one step.
-        a_next = np.zeros_like(a)
-        a_next[earlier] = a[later]
-        dh = scan_kernels.scan(a_next, g, np.zeros_like(h0), not reverse)
-        need_a, need_b = self.needs_input_grad[:2]
+        dh = self.state_gradients(a, g, reverse)
+        first = a.shape[0] - 1 if reverse else 0          # the scan's first step
+        need = self.needs_input_grad
         da = db = dh0 = None
-        if need_a:
-            h_prev = np.empty_like(h)
-            h_prev[later] = h[earlier]
-            h_prev[first] = h0
-            da = unbroadcast((dh * h_prev).reshape(self.out_shape), self.shapes[0])
-        if need_b:
-            db = unbroadcast(dh.reshape(self.out_shape), self.shapes[1])
-        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            dh0 = (a[first] * dh[first]).reshape(self.out_shape[1:])
-        return (da, db, dh0) if len(self.needs_input_grad) > 2 else (da, db)
+        if need[0]:
+            h_prev = np.empty_like(h)                     # the state each step started from
+            if reverse:
+                h_prev[:-1] = h[1:]
+            else:
+                h_prev[1:] = h[:-1]
+            h_prev[first] = self.h0
+            da = unbroadcast((dh * h_prev).reshape(self.shape), self.a_shape)
+        if need[1]:
+            db = unbroadcast(dh.reshape(self.shape), self.b_shape)
+        if len(need) == 2:
+            return da, db
+        if need[2]:
+            dh0 = (a[first] * dh[first]).reshape(self.shape[1:])
+        return da, db, dh0
 
-    @property
-    def out_shape(self):
-        return np.broadcast_shapes(*self.shapes)
+    @staticmethod
+    def state_gradients(a, g, reverse):
+        """dh (T, N): ``dh_t = g_t + a_{t+1} * dh_{t+1}``, the scan run the other way in time
+        on a shifted one step (the last step's dh is its g alone)."""
+        a_next = np.zeros_like(a)
+        if reverse:
+            a_next[1:] = a[:-1]
+        else:
+            a_next[:-1] = a[1:]
+        return scan_kernels.scan(a_next, g, np.zeros_like(a[0]), not reverse)
 
 
 def _as_columns(x, shape, dtype):
