@@ -146,10 +146,10 @@ def test_every_kernel_variant_equals_the_numpy_reference(variant, dtype, T, N):
 
 @pytest.mark.parametrize("threads,T,N,expected", [
     (1, 5000, 5000, "serial"),        # one thread: nothing to share
-    (2, 100, 256, "serial"),          # small: waking threads costs more than the scan
-    (2, 1000, 4096, "blocked"),       # wide: one block of columns per thread
-    (2, 100_000, 16, "serial"),       # narrow on two threads: chunking cannot win
-    (8, 100_000, 16, "chunked"),      # narrow on many threads: split time instead
+    (2, 5000, 5000, "serial"),        # two: measured, the parallel loops never won
+    (8, 100, 256, "serial"),          # small: waking threads costs more than the scan
+    (8, 1000, 4096, "blocked"),       # wide: one block of columns per thread
+    (8, 200_000, 16, "chunked"),      # narrow: split time instead
 ])
 def test_the_variant_chooser(monkeypatch, threads, T, N, expected):
     monkeypatch.setattr(scan_kernels, "_threads", lambda: threads)

@@ -6,13 +6,12 @@ the Numba version (`_numba_scan`, compiled on first use with ``cache=True``) for
 and float64, unless ``TINYGRAD_RNN_NUMBA=0`` (the switch of `kernels`) selects the numpy
 reference, which the tests compare against.
 
-Which Numba loop runs (`choose_variant`): one thread for scans below ``PARALLEL_MIN_SIZE``
-elements (every RNN size we benchmark: there the scan is memory-bound and ~0.1 ms, and
-waking threads costs more than it saves); above it the blocked loop, parallel over the
-N = B * H independent recurrences, or, when N is too narrow to give every thread a block
-and the machine has more than two threads, the chunked loop, parallel over time. On two
-threads the chunked scan cannot win: it does about twice the arithmetic, and two threads at
-most halve it (measured in benchmarks/README.md, "Linear scan").
+Which Numba loop runs (`choose_variant`): the serial one, unless the machine has more than
+two threads and the scan is large; then the blocked loop, parallel over the N = B * H
+independent recurrences, or the chunked loop, parallel over time, when N is too narrow to
+give every thread a block. On two threads the chunked scan cannot win even in theory (it
+does about twice the arithmetic, and two threads at most halve it), and on this project's
+2-core machine neither parallel loop won anywhere (benchmarks/README.md, "Linear scan").
 """
 
 import numpy as np
@@ -38,21 +37,22 @@ def _threads():
     return numba.get_num_threads()
 
 
-# Below this many elements (T * N) one thread wins: on 2 cores, waking the threads costs
-# ~15 µs, a scan of 2000 x 256 float32 takes ~0.1 ms on one, and the parallel loops were
-# slower at every size up to 100 x 65536 (benchmarks/README.md, "Linear scan").
+# Parallel loops only above this many elements (T * N), and only with more than two
+# threads. Measured on this project's 2-core machine (benchmarks/README.md, "Linear scan"):
+# one thread won or tied at every size from 2000 x 8 to 1000 x 65536; the scan is memory-
+# bound, and every parallel loop ends at a barrier that waits for the slowest thread (on a
+# busy machine, a whole scheduler slice: 4-16 ms). Untested beyond two cores.
 PARALLEL_MIN_SIZE = 2 ** 20
+PARALLEL_MIN_THREADS = 3
 
 
 def choose_variant(T, N):
     """The Numba loop for a scan of T steps over N columns (see the module docstring)."""
     from ._numba_scan import BLOCK
     threads = _threads()
-    if threads == 1 or T * N < PARALLEL_MIN_SIZE:
+    if threads < PARALLEL_MIN_THREADS or T * N < PARALLEL_MIN_SIZE:
         return "serial"
-    if N >= BLOCK * threads:
-        return "blocked"
-    return "chunked" if threads > 2 else "serial"
+    return "blocked" if N >= BLOCK * threads else "chunked"
 
 
 def scan(a, b, h0, reverse, variant=None):
