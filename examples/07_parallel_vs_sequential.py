@@ -1,0 +1,154 @@
+"""The seed's trade-off, measured: an LSTM (stepped) against a stack of minGRU layers (one
+linear scan per layer) on the adding problem at T = 100, 400 and 1000.
+
+The lecture notes say an RNN "does not parallelize well": h_t needs h_{t-1}, so the T steps
+of a sequence run one after another. That is true of the LSTM, whose gates read h_{t-1}:
+
+    f_t = sigmoid(W_xf x_t + W_hf h_{t-1} + b_f)   (and i_t, g_t, o_t alike)
+
+It is not true of minGRU (Feng et al. 2024), whose gates read x_t only:
+
+    z_t = sigmoid(W_z x_t + b_z),  h~_t = W_h x_t + b_h,  h_t = (1 - z_t) h_{t-1} + z_t h~_t
+
+Every z_t and h~_t comes from one matrix product over all T * B rows, and every h_t from
+one `tg.linear_scan` (a compiled loop of one multiply-add per element; its backward is the
+same loop run backwards). The price: each layer is linear in its state, so depth (a
+`tg.Stack` of three) has to supply what the LSTM's recurrent weights do.
+
+Both models get a similar parameter count (LSTM H=32: 4,641; three minGRU layers of 32:
+4,449 with the readouts), the same data, Adam, gradient clipping at 1.0 and the same number
+of steps. Reported per T: test mse (predicting the mean scores 0.167) and the median wall
+time of one training step (forward, backward, optimizer; 25-75 % range), with its CPU time
+(steadier on a shared machine). The LSTM runs through
+`tg.compile` when the compiled path exists, else eager.
+
+    python examples/07_parallel_vs_sequential.py    # ~4 minutes; writes the time-per-step plot
+    python examples/07_parallel_vs_sequential.py --out docs/figures   # the figure in docs/
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matmuls: BLAS threads cost more than they give
+
+import importlib
+import sys
+import time
+
+import numpy as np
+
+import tinygrad_rnn as tg
+from tinygrad_rnn import nn
+from tinygrad_rnn.nn import functional as F
+from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+adding = importlib.import_module("05_adding_problem")      # its data, baseline and LSTM
+
+DTYPE = adding.DTYPE
+BASELINE = adding.BASELINE
+MODELS = ("LSTM", "minGRU x3")
+
+
+def make_model(kind, hidden, layers=3):
+    """(cell, readout, how it runs); the LSTM's forget-gate bias starts at 1 (example 5)."""
+    if kind == "LSTM":
+        cell = adding.make_cell("LSTM", hidden)
+        if hasattr(tg, "compile"):
+            return tg.compile(cell), nn.Linear(hidden, 1, dtype=DTYPE), "compiled"
+        return cell, nn.Linear(hidden, 1, dtype=DTYPE), "eager, stepped"
+    sizes = [2] + [hidden] * layers
+    cell = tg.Stack([tg.MinGRUCell(i, o, dtype=DTYPE) for i, o in zip(sizes, sizes[1:])])
+    return cell, nn.Linear(hidden, 1, dtype=DTYPE), "linear_scan per layer"
+
+
+def count(cell, readout):
+    return sum(p.size for p in cell.parameters() + readout.parameters())
+
+
+def train(kind, T, steps, hidden, batch, seed):
+    tg.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cell, readout, how = make_model(kind, hidden)
+    params = cell.parameters() + readout.parameters()
+    opt = Adam(params, lr=1e-2)
+    losses, times, cpu_times = [], [], []
+    for _ in range(steps):
+        xs, targets = adding.adding_batch(rng, batch, T)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        ys, _ = tg.Unroll(cell)(xs)
+        loss = F.mse(readout(ys[-1]), targets)       # many-to-one: the last step's output
+        opt.zero_grad()
+        loss.backward()
+        clip_grad_norm(params, 1.0)
+        opt.step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        losses.append(loss.item())
+    with tg.no_grad():
+        xs, targets = adding.adding_batch(rng, 1000, T)
+        ys, _ = tg.Unroll(cell)(xs)
+        test_mse = F.mse(readout(ys[-1]), targets).item()
+    skip = min(3, len(times) - 1)                     # the first steps compile kernels
+    warm = times[skip:]
+    return {"test_mse": test_mse, "losses": np.array(losses), "how": how,
+            "step_ms": 1e3 * float(np.median(warm)), "step_ms_spread": 1e3 * np.percentile(warm, [25, 75]),
+            "step_cpu_ms": 1e3 * float(np.median(cpu_times[skip:])),
+            "seconds": float(np.sum(times)), "parameters": count(cell, readout)}
+
+
+def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None):
+    """{T: {kind: {"test_mse", "step_ms", ...}}, "plot": path or None}."""
+    hidden, batch = (8, 16) if quick else (32, 64)
+    lengths = lengths or ((20, 40) if quick else (100, 400, 1000))
+    results = {}
+    print(f"adding problem; mse of always predicting the mean = {BASELINE:.3f}; {steps} steps, "
+          f"batch {batch}")
+    for T in lengths:
+        results[T] = {kind: train(kind, T, steps, hidden, batch, seed) for kind in MODELS}
+        for kind, r in results[T].items():
+            lo, hi = r["step_ms_spread"]
+            print(f"T = {T:4d}  {kind:10s} ({r['parameters']} parameters, {r['how']}): test mse "
+                  f"{r['test_mse']:.4f}, {r['step_ms']:.1f} ms a step [{lo:.1f}-{hi:.1f}] "
+                  f"(CPU {r['step_cpu_ms']:.1f} ms), {r['seconds']:.1f} s in all")
+        lstm, mingru = results[T]["LSTM"], results[T]["minGRU x3"]
+        print(f"         minGRU stack is {lstm['step_ms'] / mingru['step_ms']:.1f}x faster a step; "
+              f"mse {'better' if mingru['test_mse'] < lstm['test_mse'] else 'worse'} "
+              f"({mingru['test_mse']:.4f} vs {lstm['test_mse']:.4f})")
+    print("\nwhere each wins:")
+    for T in lengths:
+        lstm, mingru = results[T]["LSTM"], results[T]["minGRU x3"]
+        speed = lstm["step_ms"] / mingru["step_ms"]
+        learned = {k: r["test_mse"] < 0.1 * BASELINE for k, r in results[T].items()}
+        print(f"  T = {T}: speed: minGRU x{speed:.1f}; learned the task (mse < {0.1 * BASELINE:.3f}): "
+              + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in learned.items()))
+    results["plot"] = plot(results, lengths, out_dir) if out_dir is not None else None
+    return results
+
+
+def plot(results, lengths, out_dir):
+    from _common import pyplot, save_figure
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, (ax_time, ax_mse) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, color in zip(MODELS, ("tab:blue", "tab:orange")):
+        rs = [results[T][kind] for T in lengths]
+        lo, hi = np.array([r["step_ms_spread"] for r in rs]).T
+        label = f"{kind} ({rs[0]['how']})"
+        ax_time.errorbar(lengths, [r["step_ms"] for r in rs], yerr=[[r["step_ms"] for r in rs] - lo,
+                         hi - [r["step_ms"] for r in rs]], marker="o", color=color, label=label)
+        ax_mse.plot(lengths, [r["test_mse"] for r in rs], marker="o", color=color, label=kind)
+    ax_time.set(xscale="log", yscale="log", xlabel="sequence length T",
+                ylabel="ms per training step (median, 25-75 %)", title="time per training step")
+    ax_mse.axhline(BASELINE, color="k", ls="--", lw=1, label="predict the mean")
+    ax_mse.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="test mse",
+               title="adding problem: test mse after training")
+    ax_time.legend()
+    ax_mse.legend()
+    return save_figure(plt, fig, out_dir, "parallel_vs_sequential.png")
+
+
+if __name__ == "__main__":
+    from _common import parse_args
+    args = parse_args(__doc__, steps=400)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
