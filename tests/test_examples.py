@@ -217,11 +217,17 @@ def test_parallel_vs_sequential_compares_similar_models_and_plots(tmp_path):
     assert_png(r["plot"])
 
 
-def test_the_min_gru_stack_runs_its_sequence_at_once():
+def test_both_models_start_keeping_the_same_share_of_their_state():
     ex = load("07_parallel_vs_sequential")
-    cell, _, how = ex.make_model("minGRU x3", 4)
-    assert cell.forward_sequence is not None and how == "linear_scan per layer"
-    assert [c.hidden_size for c in cell.cells] == [4, 4, 4]
+    stack, _, how = ex.make_model("minGRU x3", 4)
+    assert stack.forward_sequence is not None and how == "linear_scan per layer"
+    assert [c.hidden_size for c in stack.cells] == [4, 4, 4]
+    lstm, _, _ = ex.make_model("LSTM", 4)
+    lstm = getattr(lstm, "cell", lstm)                 # the compiled cell, if any, wraps it
+    f = lstm.bias_ih.data[4:8] + lstm.bias_hh.data[4:8]     # gates i, f, g, o
+    np.testing.assert_array_equal(f, ex.KEEP_BIAS)
+    for cell in stack.cells:                                # 1 - z_t = sigmoid(-bias_z)
+        np.testing.assert_array_equal(cell.bias_ih.data[:4], -ex.KEEP_BIAS)
 
 
 # --- every script from the command line ------------------------------------------------------

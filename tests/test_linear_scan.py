@@ -257,8 +257,8 @@ def test_shape_errors_name_the_function_and_the_shapes(a_shape, b_shape, h0_shap
 def test_non_float_inputs_are_a_type_error(which):
     arrays = {"a": np.zeros((3, 2, 2)), "b": np.zeros((3, 2, 2)), "h0": np.zeros((2, 2))}
     arrays[which] = arrays[which].astype(np.int64)
-    with pytest.raises(TypeError, match=f"linear_scan: {which} must be a float32 or float64 "
-                                        "tensor, got dtype int64"):
+    with pytest.raises(TypeError, match=f"linear_scan: {which} must be a floating-point tensor "
+                                        r"\(float32 or float64\), got dtype int64"):
         tg.linear_scan(Tensor(arrays["a"]), Tensor(arrays["b"]), Tensor(arrays["h0"]))
 
 

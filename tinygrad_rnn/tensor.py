@@ -468,8 +468,8 @@ def linear_scan(a, b, h0=None, reverse=False):
         inputs.append(h0)
     for name, t in zip(("a", "b", "h0"), inputs):
         if t.dtype.kind != "f":
-            raise TypeError(f"linear_scan: {name} must be a float32 or float64 tensor, got dtype "
-                            f"{t.dtype}")
+            raise TypeError(f"linear_scan: {name} must be a floating-point tensor (float32 or "
+                            f"float64), got dtype {t.dtype}")
     return ops.LinearScan.apply(*inputs, reverse=bool(reverse))
 
 
