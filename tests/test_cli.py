@@ -1,9 +1,12 @@
 """The `tinygrad-rnn` train / sample / bench commands, run in-process on tiny budgets: the
 model learns, resume is bit-identical (also after Ctrl-C), a custom cell trains by import
-path, and bad input or checkpoints fail clearly."""
+path, bad input or checkpoints fail clearly, and the dispatcher imports only the subcommand
+asked for."""
 
 import json
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -275,3 +278,49 @@ def test_bench_prints_a_row_per_cell(capsys):
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == ["rnn", "lstm", "gru"]
     assert main(["bench", "--cells", "lstm,transformer"]) == 2
+
+
+def run_python(code):
+    """A fresh interpreter, so that sys.modules shows what the command imported."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], set()),
+    (["--help"], set()),
+    (["train", "--help"], {"train"}),
+    (["sample", "--help"], {"sample"}),
+    (["gradflow", "--help"], {"gradflow"}),
+    (["bench", "--help"], {"bench"}),
+])
+def test_the_dispatcher_imports_only_the_requested_subcommand(argv, expected):
+    out = run_python(f"""
+import contextlib, io, sys
+from tinygrad_rnn.cli import SUBCOMMANDS, main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    try:
+        main({argv!r})
+    except SystemExit:
+        pass
+print(sorted(name for name in SUBCOMMANDS if "tinygrad_rnn.cli." + name in sys.modules))
+print(buf.getvalue())
+""")
+    loaded, _, help_text = out.partition("\n")
+    assert loaded == str(sorted(expected))
+    if "--help" in argv and argv[0] == "--help":
+        assert all(name in help_text for name in ("train", "sample", "gradflow", "bench"))
+    elif argv:
+        assert help_text.startswith(f"usage: tinygrad-rnn {argv[0]}") and "--" in help_text
+
+
+def test_python_dash_m_and_an_unknown_subcommand(capsys):
+    result = subprocess.run([sys.executable, "-m", "tinygrad_rnn", "bench", "--cells", "nope"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown cell(s) ['nope']" in result.stderr
+    assert main([]) == 2 and "COMMAND" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["transformer"])
+    assert exc.value.code == 2 and "invalid choice: 'transformer'" in capsys.readouterr().err

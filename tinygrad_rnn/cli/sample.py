@@ -5,9 +5,9 @@ import sys
 import numpy as np
 
 from ..serialization import CheckpointError
-from .lm import DEFAULT_CHECKPOINT, load_run_checkpoint, model_from_checkpoint
-from .model import CellSpecError, sample
-from .threads import blas_threads
+from ..training.checkpoint import DEFAULT_CHECKPOINT, load_run_checkpoint, model_from_checkpoint
+from ..training.model import CellSpecError, sample
+from ._threads import blas_threads
 
 
 def add_arguments(p):

@@ -13,9 +13,12 @@ import sys
 
 import numpy as np
 
-from .gradient_flow import default_distances, gradient_flow, set_forget_bias, set_spectral_radius
+from ..inspect.gradient_flow import default_distances, gradient_flow, set_forget_bias, set_spectral_radius
+from ..nn.init import manual_seed
+from ..rnn import GRUCell, LSTMCell, RNNCell, Stack
+from ..serialization import load
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 def add_arguments(p):
@@ -83,7 +86,6 @@ def _gaussian_inputs(size, scale):
 
 
 def _build_cells(args):
-    import tinygrad_rnn as tg
     if args.steps < 1 or args.hidden < 1 or args.batch < 1 or args.input_size < 1:
         raise ValueError("--steps, --hidden, --batch and --input-size must be positive")
     if args.checkpoint is not None:
@@ -94,9 +96,8 @@ def _build_cells(args):
         raise ValueError(f"--cells: unknown cell(s) {unknown or names}; choose from {', '.join(CELLS)}")
     out = []
     for name in names:
-        tg.manual_seed(args.seed)
-        cell = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[name](
-            args.input_size, args.hidden, dtype=np.float64)
+        manual_seed(args.seed)
+        cell = CELLS[name](args.input_size, args.hidden, dtype=np.float64)
         if name == "lstm" and not np.isnan(args.forget_bias):
             set_forget_bias(cell, args.forget_bias)
         out.append((name, cell, _gaussian_inputs(args.input_size, args.input_scale)))
@@ -123,7 +124,6 @@ def find_state_dict(obj):
 def cell_from_state_dict(state, seed=0):
     """(kind, trained cell, fresh cell, input size): a built-in cell (a Stack when there are
     several layers) rebuilt in float64 from the ``weight_ih/weight_hh/bias_*`` entries."""
-    import tinygrad_rnn as tg
     prefixes = [k[:-len("weight_hh")] for k in state if k.endswith("weight_hh")]   # layer order
     trained, fresh, kinds = [], [], set()
     for prefix in prefixes:
@@ -135,9 +135,9 @@ def cell_from_state_dict(state, seed=0):
                              "a built-in RNN (H, H), GRU (3H, H) or LSTM (4H, H) cell")
         kind = _GATES[gates]
         kinds.add(kind)
-        cls = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[kind]
+        cls = CELLS[kind]
         bias = prefix + "bias_ih" in state
-        tg.manual_seed(seed + len(trained))
+        manual_seed(seed + len(trained))
         fresh.append(cls(W_ih.shape[1], H, bias=bias, dtype=np.float64))
         cell = cls(W_ih.shape[1], H, bias=bias, dtype=np.float64)
         own = {name: p for name, p in cell.named_parameters()}
@@ -152,12 +152,11 @@ def cell_from_state_dict(state, seed=0):
     kind = kinds.pop()
     if len(trained) == 1:
         return kind, trained[0], fresh[0], trained[0].input_size
-    return f"{kind} x{len(trained)}", tg.Stack(trained), tg.Stack(fresh), trained[0].input_size
+    return f"{kind} x{len(trained)}", Stack(trained), Stack(fresh), trained[0].input_size
 
 
 def _checkpoint_cells(args):
-    import tinygrad_rnn as tg
-    obj = tg.load(args.checkpoint)
+    obj = load(args.checkpoint)
     state = find_state_dict(obj)
     if state is None:
         raise ValueError(f"checkpoint '{args.checkpoint}' holds no model state dict with a "
