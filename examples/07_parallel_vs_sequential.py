@@ -32,7 +32,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matmuls: BLAS threads cost more than they give
 
 import importlib
-import sys
 import time
 
 import numpy as np
@@ -40,9 +39,9 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
+
 adding = importlib.import_module("05_adding_problem")      # its data, baseline and LSTM
 
 DTYPE = adding.DTYPE
@@ -81,31 +80,32 @@ def train(kind, T, steps, hidden, batch, seed):
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cell, readout, how = make_model(kind, hidden)
-    params = cell.parameters() + readout.parameters()
-    opt = Adam(params, lr=1e-2)
-    losses, times, cpu_times = [], [], []
-    for _ in range(steps):
+    starts, ends = [], []                 # (wall, CPU) clock readings around every step
+
+    def batch_loss():
+        ends.append(_clocks())            # the previous step ends where this one's data begins
         xs, targets = adding.adding_batch(rng, batch, T)
-        start, cpu_start = time.perf_counter(), time.process_time()
+        starts.append(_clocks())          # the step: this forward, then fit's backward and update
         ys, _ = tg.Unroll(cell)(xs)
-        loss = F.mse(readout(ys[-1]), targets)       # many-to-one: the last step's output
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(params, 1.0)
-        opt.step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-        losses.append(loss.item())
+        return F.mse(readout(ys[-1]), targets)       # many-to-one: the last step's output
+
+    losses, _ = fit(cell.parameters() + readout.parameters(), batch_loss, steps, lr=1e-2, log=False)
+    ends.append(_clocks())
+    wall, cpu = (np.subtract(ends[1:], starts)).T
     with tg.no_grad():
         xs, targets = adding.adding_batch(rng, 1000, T)
         ys, _ = tg.Unroll(cell)(xs)
         test_mse = F.mse(readout(ys[-1]), targets).item()
-    skip = min(3, len(times) - 1)                     # the first steps compile kernels
-    warm = times[skip:]
+    skip = min(3, steps - 1)              # the first steps compile kernels
     return {"test_mse": test_mse, "losses": np.array(losses), "how": how,
-            "step_ms": 1e3 * float(np.median(warm)), "step_ms_spread": 1e3 * np.percentile(warm, [25, 75]),
-            "step_cpu_ms": 1e3 * float(np.median(cpu_times[skip:])),
-            "seconds": float(np.sum(times)), "parameters": count(cell, readout)}
+            "step_ms": 1e3 * float(np.median(wall[skip:])),
+            "step_ms_spread": 1e3 * np.percentile(wall[skip:], [25, 75]),
+            "step_cpu_ms": 1e3 * float(np.median(cpu[skip:])),
+            "seconds": float(wall.sum()), "parameters": count(cell, readout)}
+
+
+def _clocks():
+    return time.perf_counter(), time.process_time()
 
 
 def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None):
@@ -138,7 +138,6 @@ def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None):
 
 
 def plot(results, lengths, out_dir):
-    from _common import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return None
@@ -161,6 +160,5 @@ def plot(results, lengths, out_dir):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=400)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
