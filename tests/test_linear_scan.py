@@ -14,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import ShapeError, Tensor, ops, scan_kernels
+from tinygrad_rnn import ShapeError, Tensor, scan_kernels
 from tinygrad_rnn.testing import check_vjp, gradcheck
 from tinygrad_rnn.testing import strategies as S
 
 ROOT = Path(__file__).resolve().parent.parent
+_RULE = scan_kernels.scan_backward_reference       # before any test patches it
 
 
 def hand_loop(a, b, h0=None, reverse=False):
@@ -210,15 +211,49 @@ def test_numba_switch_off_gives_the_same_scan_values_and_gradients():
 
 # --- a planted wrong derivative is caught -------------------------------------------------------
 
-def test_dropping_the_carried_term_of_the_backward_scan_is_caught(monkeypatch):
+def _without_the_carried_term(a, g, h, h0, reverse, dh=None, da=None):
+    """The backward with ``dh_t = g_t``: ``+ a_{t+1} dh_{t+1}`` forgotten, so each step's
+    gradient stops at that step (``a = 0`` in the rule)."""
+    ref_dh, ref_da, ref_dh0 = _RULE(np.zeros_like(a), g, h, h0, reverse)
+    if dh is None:                                     # called as the reference
+        return ref_dh, ref_da, ref_dh0
+    dh[...], da[...] = ref_dh, ref_da                  # called as the fused kernel
+    return ref_dh0
+
+
+@pytest.mark.parametrize("path", ["fused Numba kernel", "numpy rule"])
+def test_dropping_the_carried_term_of_the_backward_scan_is_caught(monkeypatch, path):
+    from tinygrad_rnn import _numba_scan
     rng = np.random.default_rng(2)
     a = Tensor(rng.uniform(0.3, 0.9, (4, 2, 3)), requires_grad=True)
     b = Tensor(rng.standard_normal((4, 2, 3)), requires_grad=True)
-    assert gradcheck(scan_fn(False, False), a, b)
-    # dh_t = g_t, forgetting + a_{t+1} dh_{t+1}: each step's gradient stops at that step.
-    monkeypatch.setattr(ops.LinearScan, "state_gradients", staticmethod(lambda a, g, reverse: g))
-    with pytest.raises(AssertionError, match="gradcheck: gradient of input"):
-        gradcheck(scan_fn(False, False), a, b)
+    h0 = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    for reverse in (False, True):
+        assert gradcheck(scan_fn(reverse, True), a, b, h0)
+    if path == "fused Numba kernel":
+        monkeypatch.setattr(_numba_scan, "scan_backward_serial", _without_the_carried_term)
+    else:
+        monkeypatch.setattr(scan_kernels, "NUMBA_ENABLED", False)
+        monkeypatch.setattr(scan_kernels, "scan_backward_reference", _without_the_carried_term)
+    for reverse in (False, True):
+        with pytest.raises(AssertionError, match="gradcheck: gradient of input"):
+            gradcheck(scan_fn(reverse, True), a, b, h0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,N", [(1, 1), (2, 5), (7, 3), (100, 130)])
+def test_the_fused_backward_kernel_equals_the_rule(dtype, T, N):
+    from tinygrad_rnn import _numba_scan
+    rng = np.random.default_rng(T + N)
+    a, g = rng.uniform(-1, 1, (T, N)).astype(dtype), rng.standard_normal((T, N)).astype(dtype)
+    h, h0 = rng.standard_normal((T, N)).astype(dtype), rng.standard_normal(N).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for reverse in (False, True):
+        dh, da = np.empty_like(g), np.empty_like(g)
+        dh0 = _numba_scan.scan_backward_serial(a, g, h, h0, reverse, dh, da)
+        for got, want in zip((dh, da, dh0), scan_kernels.scan_backward_reference(a, g, h, h0, reverse)):
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
 def test_a_wrong_kernel_is_caught_by_the_variant_check(monkeypatch):

@@ -100,3 +100,23 @@ def scan_chunked(a, b, h0, reverse, out, n_chunks):
                 running[j] *= a[t, j]
                 out[t, j] += running[j] * state_in[c, j]
     return out
+
+
+@njit(cache=True)
+def scan_backward_serial(a, g, h, h0, reverse, dh, da):
+    """The gradient of `scan_serial` in one pass backwards through its steps: ``dh_t = g_t +
+    a_{t+1} dh_{t+1}`` and ``da_t = dh_t h_{t-1}`` fused (the rule is
+    `scan_kernels.scan_backward_reference`; the tests hold the two together). Returns dh0,
+    the carry left after the first step, ``a_1 dh_1``."""
+    T, N = g.shape
+    carry = np.zeros(N, dtype=g.dtype)          # a_{t+1} * dh_{t+1}, zero past the last step
+    for s in range(T):
+        t = s if reverse else T - 1 - s         # the forward's steps, last first
+        prev = t + 1 if reverse else t - 1      # the step before t in the forward's order
+        h_prev = h0 if prev < 0 or prev >= T else h[prev]
+        for j in range(N):
+            d = g[t, j] + carry[j]
+            dh[t, j] = d
+            da[t, j] = d * h_prev[j]
+            carry[j] = a[t, j] * d
+    return carry

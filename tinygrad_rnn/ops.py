@@ -579,7 +579,8 @@ class LinearScan(Function):
     (T, 1, H); a constant decay: (1, B, H)); h0 (B, H), zero when absent. ``reverse=True``
     runs from the end: ``h_t = a_t * h_{t+1} + b_t``, with h0 entering at t = T-1.
 
-    The backward is the same scan run the other way (scan_kernels.scan) on the gradient:
+    The backward is the same scan run the other way in time on the gradient
+    (scan_kernels.scan_backward: the rule, or one fused Numba pass):
 
     .. math::
         \bar h_t = g_t + a_{t+1} \bar h_{t+1}, \quad \bar a_t = \bar h_t h_{t-1}, \quad
@@ -603,38 +604,14 @@ class LinearScan(Function):
         return self.h.reshape(shape)
 
     def backward(self, g):
-        a, h, reverse = self.a, self.h, self.reverse
-        g = np.ascontiguousarray(g, dtype=h.dtype).reshape(h.shape)
-        dh = self.state_gradients(a, g, reverse)
-        first = a.shape[0] - 1 if reverse else 0          # the scan's first step
+        g = np.ascontiguousarray(g, dtype=self.h.dtype).reshape(self.h.shape)
+        dh, da, dh0 = scan_kernels.scan_backward(self.a, g, self.h, self.h0, self.reverse)
         need = self.needs_input_grad
-        da = db = dh0 = None
-        if need[0]:
-            h_prev = np.empty_like(h)                     # the state each step started from
-            if reverse:
-                h_prev[:-1] = h[1:]
-            else:
-                h_prev[1:] = h[:-1]
-            h_prev[first] = self.h0
-            da = unbroadcast((dh * h_prev).reshape(self.shape), self.a_shape)
-        if need[1]:
-            db = unbroadcast(dh.reshape(self.shape), self.b_shape)
+        grads = (unbroadcast(da.reshape(self.shape), self.a_shape) if need[0] else None,
+                 unbroadcast(dh.reshape(self.shape), self.b_shape) if need[1] else None)
         if len(need) == 2:
-            return da, db
-        if need[2]:
-            dh0 = (a[first] * dh[first]).reshape(self.shape[1:])
-        return da, db, dh0
-
-    @staticmethod
-    def state_gradients(a, g, reverse):
-        """dh (T, N): ``dh_t = g_t + a_{t+1} * dh_{t+1}``, the scan run the other way in time
-        on a shifted one step (the last step's dh is its g alone)."""
-        a_next = np.zeros_like(a)
-        if reverse:
-            a_next[1:] = a[:-1]
-        else:
-            a_next[:-1] = a[1:]
-        return scan_kernels.scan(a_next, g, np.zeros_like(a[0]), not reverse)
+            return grads
+        return grads + (dh0.reshape(self.shape[1:]) if need[2] else None,)
 
 
 def _as_columns(x, shape, dtype):

@@ -73,3 +73,35 @@ def scan(a, b, h0, reverse, variant=None):
     if variant == "blocked":
         return _numba_scan.scan_blocked(a, b, h0, bool(reverse), out, max(2, _threads()))
     return _numba_scan.scan_chunked(a, b, h0, bool(reverse), out, max(2, _threads()))
+
+
+def scan_backward_reference(a, g, h, h0, reverse, variant=None):
+    """The gradient of ``h = scan(a, b, h0, reverse)`` given ``g = dL/dh``, as its rule:
+
+    ``dh_t = g_t + a_{t+1} * dh_{t+1}`` is the scan run the other way in time on ``a``
+    shifted one step; ``da_t = dh_t * h_{t-1}`` (h0 before the first step); ``db = dh``;
+    ``dh0 = a_1 * dh_1`` (steps counted in the scan's direction). Returns (dh, da, dh0).
+    """
+    a_next = np.zeros_like(a)
+    h_prev = np.empty_like(h)
+    if reverse:
+        a_next[1:], h_prev[:-1] = a[:-1], h[1:]
+    else:
+        a_next[:-1], h_prev[1:] = a[1:], h[:-1]
+    first = a.shape[0] - 1 if reverse else 0
+    h_prev[first] = h0
+    dh = scan(a_next, g, np.zeros_like(h0), not reverse, variant)
+    return dh, dh * h_prev, a[first] * dh[first]
+
+
+def scan_backward(a, g, h, h0, reverse):
+    """(dh, da, dh0) for ``scan``: one fused Numba pass where the forward ran the serial
+    loop, else the rule (`scan_backward_reference`), whose scan picks its own loop."""
+    if (not NUMBA_ENABLED or g.dtype not in _DTYPES or g.size == 0
+            or choose_variant(*g.shape) != "serial"):
+        return scan_backward_reference(a, g, h, h0, reverse)
+    from . import _numba_scan
+    dh, da = np.empty_like(g), np.empty_like(g)
+    dh0 = _numba_scan.scan_backward_serial(a, g, h, h0, bool(reverse), dh, da)
+    return dh, da, dh0
+
