@@ -42,13 +42,21 @@ class _MinCell(_GatedCell):
         """``(a, b)`` of ``h_t = a_t * h_{t-1} + b_t`` for x (B, I) or xs (T, B, I)."""
         raise NotImplementedError  # abstract: each cell defines its equations
 
-    def input_projection(self, x):
-        """``weight_ih x + bias_ih`` for x (B, I) or xs (T, B, I); a sequence as one 2-D
-        product over its T * B rows (numpy's 3-D matmul ran 2-4x slower at T = 2000)."""
+    def gate_inputs(self, x):
+        """``W_k x + b_k`` for each of the ``gates`` blocks k of ``weight_ih``, for x (B, I) or
+        xs (T, B, I). A sequence gets one 2-D product per block over its T * B rows: numpy's
+        3-D matmul ran 2-4x slower at T = 2000, and the slices of one product are strided
+        views that made the gates' arithmetic ~10 % slower."""
         if x.ndim == 2:
-            return linear(x, self.weight_ih, self.bias_ih)
+            return linear(x, self.weight_ih, self.bias_ih).chunk(self.gates, axis=-1)
         T, B, I = x.shape
-        return linear(x.reshape(T * B, I), self.weight_ih, self.bias_ih).reshape(T, B, -1)
+        rows, H = x.reshape(T * B, I), self.hidden_size
+        blocks = []
+        for k in range(self.gates):
+            rows_k = slice(k * H, (k + 1) * H)
+            bias = None if self.bias_ih is None else self.bias_ih[rows_k]
+            blocks.append(linear(rows, self.weight_ih[rows_k], bias).reshape(T, B, H))
+        return blocks
 
     def forward(self, x, h):
         a, b = self.coefficients(x)
@@ -87,7 +95,7 @@ class MinGRUCell(_MinCell):
     gates = 2
 
     def coefficients(self, x):
-        z, h_tilde = self.input_projection(x).chunk(2, axis=-1)
+        z, h_tilde = self.gate_inputs(x)
         z = z.sigmoid()
         return 1 - z, z * h_tilde
 
@@ -120,7 +128,7 @@ class MinLSTMCell(_MinCell):
             self.bias_ih.data[:hidden_size] = forget_bias
 
     def coefficients(self, x):
-        f, i, h_tilde = self.input_projection(x).chunk(3, axis=-1)
+        f, i, h_tilde = self.gate_inputs(x)
         f, i = f.sigmoid(), i.sigmoid()
         total = f + i
         return f / total, (i / total) * h_tilde
