@@ -8,7 +8,7 @@ vector (its final state), and a one-to-many decoder starts from that vector and 
 digits; the encoder stops at each string's own length (``src_lengths``). The trained
 weights are saved with ``tg.save`` and the evaluation uses the copy ``tg.load`` reads back.
 
-    python examples/04_seq2seq_reverse.py    # ~70 s; writes examples/out/seq2seq_reverse.npz
+    python examples/04_seq2seq_reverse.py    # ~70 s; writes examples/out/seq2seq_reverse.safetensors
 """
 
 import os
@@ -70,7 +70,7 @@ class Reverser(nn.Module):
 def save_and_reload(model, out_dir, hidden, embed):
     """Checkpoint the weights with tg.save and return a fresh model loaded from the file."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "seq2seq_reverse.npz")
+    path = os.path.join(out_dir, "seq2seq_reverse.safetensors")
     tg.save({"model": model.state_dict(), "hidden": hidden, "embed": embed}, path)
     checkpoint = tg.load(path)
     reloaded = Reverser(checkpoint["hidden"], checkpoint["embed"])

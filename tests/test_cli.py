@@ -14,6 +14,7 @@ import pytest
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.cli import main
+from tinygrad_rnn.serialization import LegacyFormatWarning
 from tinygrad_rnn.training import corpus
 
 TINY = ["--hidden", "16", "--embed", "8", "--seq-len", "16", "--batch", "4", "--lr", "0.01",
@@ -66,7 +67,7 @@ def text_file(tmp_path_factory):
 
 
 def train(tmp_path, text_file, *extra, name="run"):
-    ckpt, metrics = tmp_path / f"{name}.npz", tmp_path / f"{name}.json"
+    ckpt, metrics = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
     code = main(["train", "--text", text_file, *TINY, "--checkpoint", str(ckpt),
                  "--metrics-out", str(metrics), *extra])
     return code, ckpt, (json.loads(metrics.read_text()) if metrics.exists() else None)
@@ -230,14 +231,14 @@ def test_resume_errors(tmp_path, text_file, capsys):
     other.write_text(open(text_file, encoding="utf-8").read()[::-1])
     code = main(["train", "--resume", "--checkpoint", str(ckpt), "--text", str(other)])
     assert code == 2 and "--text" in capsys.readouterr().err
-    foreign = tmp_path / "foreign.npz"
+    foreign = tmp_path / "foreign.safetensors"
     tg.save({"model": {}}, foreign)
     code = main(["train", "--resume", "--checkpoint", str(foreign)])
     assert code == 2 and "not a language-model checkpoint" in capsys.readouterr().err
-    truncated = tmp_path / "truncated.npz"
+    truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
     code = main(["sample", "--checkpoint", str(truncated)])
-    assert code == 2 and "truncated.npz' is not a readable checkpoint" in capsys.readouterr().err
+    assert code == 2 and "truncated.safetensors' is not a readable checkpoint" in capsys.readouterr().err
 
 
 def test_mismatched_weights_in_a_checkpoint(tmp_path, text_file, capsys):
@@ -270,6 +271,29 @@ def test_sample_from_checkpoint(tmp_path, text_file, capsys):
     assert main(["sample", "--checkpoint", str(ckpt), "--temperature", "-1"]) == 2
     assert main(["sample", "--checkpoint", str(tmp_path / "nope.npz")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_an_old_npz_checkpoint_still_samples_and_resumes(tmp_path, text_file, capsys):
+    """Checkpoints of earlier versions (.npz) load with a note on how to convert them."""
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "10")
+    assert code == 0
+    old = tmp_path / "old.npz"
+    with pytest.warns(LegacyFormatWarning):
+        tg.save(tg.load(ckpt), old)
+    capsys.readouterr()
+    args = ["--prime", "def ", "--length", "30", "--seed", "1"]
+    assert main(["sample", "--checkpoint", str(ckpt), *args]) == 0
+    from_safetensors = capsys.readouterr().out
+    with pytest.warns(LegacyFormatWarning, match=r"tg\.serialization\.convert"):
+        assert main(["sample", "--checkpoint", str(old), *args]) == 0
+    assert capsys.readouterr().out == from_safetensors
+    with pytest.warns(LegacyFormatWarning):
+        assert main(["train", "--resume", "--steps", "12", "--checkpoint", str(old), "--no-progress",
+                     "--eval-every", "0", "--sample-length", "0"]) == 0
+        assert tg.load(old)["trainer"]["step"] == 12
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "old.safetensors")]) == 2
+    assert f"'{old}' is an older checkpoint: pass --checkpoint {old}" in capsys.readouterr().err
 
 
 def test_bench_prints_a_row_per_cell(capsys):

@@ -171,7 +171,7 @@ def test_a_restored_run_continues_bit_identically(tmp_path):
     model, opt, trainer, sample_rng = fresh_run()
     run_steps(model, opt, streams, trainer, 8)
     sample_rng.random(3)
-    path = str(tmp_path / "sub" / "run.npz")
+    path = str(tmp_path / "sub" / "run.safetensors")
     trainer.val.append([8, 1.5])
     trainer.wall_time_s = 2.5
     save_run_checkpoint(path, config=config, vocab=vocab, corpus=FakeCorpus(), model=model,
@@ -198,7 +198,7 @@ def test_a_restored_run_continues_bit_identically(tmp_path):
 
 
 def test_a_foreign_or_damaged_checkpoint_is_a_clear_error(tmp_path):
-    path = str(tmp_path / "other.npz")
+    path = str(tmp_path / "other.safetensors")
     tg.save({"model": {}}, path)
     with pytest.raises(tg.CheckpointError, match="not a language-model checkpoint"):
         load_run_checkpoint(path)

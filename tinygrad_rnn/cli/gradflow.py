@@ -6,14 +6,20 @@ singular values of ``dh_T/dh_t`` by distance in time, and saves a log-scale plot
 
     tinygrad-rnn gradflow --cells rnn,lstm,gru --steps 100
     tinygrad-rnn gradflow --cells rnn --spectral-radius 1.5       # exploding
-    tinygrad-rnn gradflow --checkpoint model.npz                   # trained vs fresh
+    tinygrad-rnn gradflow --checkpoint model.safetensors           # trained vs fresh
 """
 
 import sys
 
 import numpy as np
 
-from ..inspect.gradient_flow import default_distances, gradient_flow, set_forget_bias, set_spectral_radius
+from ..inspect.gradient_flow import (
+    default_distances,
+    gradient_flow,
+    plot_gradient_flow,
+    set_forget_bias,
+    set_spectral_radius,
+)
 from ..nn.init import manual_seed
 from ..rnn import GRUCell, LSTMCell, RNNCell, Stack
 from ..serialization import load
@@ -38,7 +44,7 @@ def add_arguments(p):
                    help="LSTM forget-gate bias (default 1.0, the usual practice; 'nan' keeps "
                         "PyTorch's init)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="a .npz written by tg.save holding a model state dict: compare its trained "
+                   help="a file written by tg.save holding a model state dict: compare its trained "
                         "recurrent cell with a fresh one of the same shape")
     p.add_argument("--out", default="gradflow.png", help="where to save the plot (PNG; default "
                    "./gradflow.png)")
@@ -201,31 +207,5 @@ def report(results, args):
 
 
 def plot(results, path, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_jac = results and results[0][1].sigma_max.size > 0
-    fig, axes = plt.subplots(1, 2 if with_jac else 1, figsize=(11 if with_jac else 6, 4.2),
-                             squeeze=False)
-    for label, flow in results:
-        d = flow.distance
-        g = np.where(flow.grad_norms > 0, flow.grad_norms, np.nan)   # log scale: no zeros
-        axes[0, 0].semilogy(d, g, label=label)
-        if with_jac:
-            s = flow.sigma_max.mean(axis=1)
-            axes[0, 1].semilogy(d, np.where(s > 0, s, np.nan), label=label)
-    axes[0, 0].set_title("||dL/dh_t||, loss on the last step")
-    axes[0, 0].set_ylabel("gradient norm (log scale)")
-    if with_jac:
-        axes[0, 1].set_title("largest singular value of dh_T/dh_t")
-    for ax in axes[0]:
-        ax.set_xlabel("distance in time T - t (steps)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_gradient_flow(results, title=title).savefig(path, dpi=110)
     return path

@@ -3,7 +3,7 @@
 With no arguments it trains on Python's own standard library source (no downloads; see
 `tinygrad_rnn.training.corpus`), shows a progress bar, reports the validation bits per
 character every ``--eval-every`` steps with a generated sample, and checkpoints to
-``runs/char_lm.npz``. Training is truncated BPTT: ``--batch`` parallel streams through the
+``runs/char_lm.safetensors``. Training is truncated BPTT: ``--batch`` parallel streams through the
 training text, consecutive windows of ``--seq-len`` characters, the recurrent state carried
 from one window to the next but cut from the graph (``tg.detach_state``).
 

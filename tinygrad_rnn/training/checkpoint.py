@@ -1,7 +1,7 @@
 """The checkpoint of a ``tinygrad-rnn train`` run: what is in the file, writing it, and
 reading it back so that a resumed run continues exactly.
 
-One `tg.save` file (``.npz``, no pickle) holds the run's config, the vocabulary, the model's
+One `tg.save` file (``.safetensors``, no pickle) holds the run's config, the vocabulary, the model's
 and the optimizer's state dicts and the trainer's state (`TrainerState`: step, carried
 recurrent state, loss history) with both random generators: the weight-init one
 (`tinygrad_rnn.nn.init.rng`) and the sampling one.
@@ -21,7 +21,7 @@ from .model import CharLM
 
 CHECKPOINT_FORMAT = "tinygrad_rnn.char_lm"
 CHECKPOINT_VERSION = 1
-DEFAULT_CHECKPOINT = os.path.join("runs", "char_lm.npz")
+DEFAULT_CHECKPOINT = os.path.join("runs", "char_lm.safetensors")
 
 
 @dataclasses.dataclass
