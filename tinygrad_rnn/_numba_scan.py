@@ -25,8 +25,8 @@ BLOCK = 16          # a task's columns are a multiple of this: whole 64-byte lin
 
 @njit(cache=True)
 def scan_serial(a, b, h0, reverse, out):
-    """One thread, the time loop outer: for small scans, where starting threads costs more
-    than the scan (measured ~15 µs)."""
+    """One thread, the time loop outer: the loop that runs on two threads and for every scan
+    below `scan_kernels.PARALLEL_MIN_SIZE` (waking threads alone costs ~15 µs)."""
     T, N = b.shape
     h = h0.copy()               # a private carry: out may not alias it, so the loop vectorizes
     for s in range(T):

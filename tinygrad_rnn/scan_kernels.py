@@ -57,7 +57,7 @@ def choose_variant(T, N):
 
 def scan(a, b, h0, reverse, variant=None):
     """h (T, N) with ``h_t = a_t * h_{t-1} + b_t`` (or over reversed time); ``variant``
-    forces one implementation ("numpy", "blocked", "chunked"), for tests and benchmarks."""
+    forces one of `VARIANTS`, for tests and benchmarks."""
     if variant is None:
         if not NUMBA_ENABLED or b.dtype not in _DTYPES or b.size == 0:
             return scan_numpy(a, b, h0, reverse)

@@ -8,7 +8,7 @@ A user's test file needs one line per cell::
         check_cell(lambda: MyCell(3, 5))          # input_size read from the cell
 
 Hypothesis draws sequence lengths, batch sizes, inputs, initial states and weight seeds, in
-float64, and checks five properties:
+float64, and checks five properties (six for a cell that runs whole sequences):
 
 1. BPTT gradients of every parameter, the inputs and the initial state equal central finite
    differences (every element on a few small cases; the dot-product test
@@ -485,7 +485,6 @@ class _Suite:
         for name, g, g_sep in zip(names, got, expected):
             _assert_close(g, g_sep, f"gradient of {name}: truncated BPTT with window {k} vs the sum "
                           "of the windows run separately")
-
 
     # --- property 6 ----------------------------------------------------------------------
 
