@@ -133,6 +133,18 @@ def case_unbind(data):
     return lambda x: tuple(x.unbind(0)[:keep]), (data.draw(S.tensors(shape)),)
 
 
+def case_linear_scan(data):
+    T, B, H = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    a_shape = data.draw(st.sampled_from([(T, B, H), (T, 1, H), (1, B, H)]))
+    a = data.draw(S.tensors(a_shape, low=-0.9, high=0.9))    # |a| < 1: a stable recurrence
+    b = data.draw(S.tensors((T, B, H)))
+    reverse = data.draw(st.booleans())
+    if data.draw(st.booleans()):
+        return (lambda a, b, h0: tg.linear_scan(a, b, h0, reverse=reverse),
+                (a, b, data.draw(S.tensors((B, H)))))
+    return lambda a, b: tg.linear_scan(a, b, reverse=reverse), (a, b)
+
+
 def case_where(data):
     a, b = _pair(data)
     shape = np.broadcast_shapes(a.shape, b.shape)
@@ -168,6 +180,7 @@ CASES = {
     "Split": case_split,
     "Unbind": case_unbind,
     "Where": case_where,
+    "LinearScan": case_linear_scan,
     "Softmax": case_softmax("softmax"),
     "LogSoftmax": case_softmax("log_softmax"),
 }
@@ -289,7 +302,7 @@ def test_a_rule_using_detached_data_fails_gradgradcheck_not_gradcheck():
 def test_check_cell_second_order_catches_the_detached_rule():
     from tinygrad_rnn.testing import check_cell
     with unittest.mock.patch.object(ops.Tanh, "backward", _detached_tanh_rule):
-        with pytest.raises(AssertionError, match=r"property \(6\)"):
+        with pytest.raises(AssertionError, match=r"property \(7\)"):
             check_cell(lambda: tg.RNNCell(2, 2), second_order=True, max_examples=1,
                        gradcheck_examples=1, second_order_examples=1)
 

@@ -20,7 +20,7 @@ rule the node's saved inputs and output as the Tensors of the graph (``saved_inp
 
 import numpy as np
 
-from . import autograd, kernels
+from . import autograd, kernels, scan_kernels
 from .autograd import Function, ShapeError
 from .engine.transposed import transposed
 from .engine.weight_grads import weight_grad
@@ -124,6 +124,14 @@ class ArrayMath:
         moved = np.moveaxis(g, axis, 0)
         return [moved[i] for i in range(moved.shape[0])]
 
+    @staticmethod
+    def linear_scan_backward(node, g):
+        """(dh, da, dh0) of a `LinearScan` node, each (T, B, H) / (B, H): one fused Numba pass
+        (scan_kernels.scan_backward)."""
+        g = np.ascontiguousarray(g, dtype=node.h.dtype).reshape(node.h.shape)
+        dh, da, dh0 = scan_kernels.scan_backward(node.a, g, node.h, node.h0, node.reverse)
+        return dh.reshape(node.shape), da.reshape(node.shape), dh0.reshape(node.shape[1:])
+
 
 def _constant(array):
     return autograd._output(array, None, False)
@@ -202,6 +210,23 @@ class TensorMath:
     @staticmethod
     def unstack(g, axis):
         return list(Unbind.apply(g, axis=axis))
+
+    @staticmethod
+    def linear_scan_backward(node, g):
+        """scan_kernels.scan_backward_reference's formula with ops: ``dh`` is the scan run the
+        other way in time on ``a`` shifted one step, ``da = dh * h_prev``, ``dh0 = a_1 dh_1``.
+        The scan inside is a LinearScan node again, so every order is recorded."""
+        T, B, H = node.shape
+        a = node.a_in if node.a_in.shape == node.shape else TensorMath.broadcast_to(node.a_in, node.shape)
+        zero = TensorMath.zeros((1, B, H), g.dtype)
+        h0 = zero if node.h0_in is None else node.h0_in.reshape(1, B, H)
+        h = node.out
+        if node.reverse:
+            a_next, h_prev, first = Cat.apply(zero, a[:-1], axis=0), Cat.apply(h[1:], h0, axis=0), T - 1
+        else:
+            a_next, h_prev, first = Cat.apply(a[1:], zero, axis=0), Cat.apply(h0, h[:-1], axis=0), 0
+        dh = LinearScan.apply(a_next, g, reverse=not node.reverse)
+        return dh, dh * h_prev, a[first] * dh[first]
 
 
 Function.xp = ArrayMath              # the first-order interpreter; _graph_rule swaps in TensorMath
@@ -762,6 +787,58 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         return (g - self.xp.exp(self.out) * g.sum(axis=self.axis, keepdims=True),)
+
+
+# --- scans ------------------------------------------------------------------------------------
+
+class LinearScan(Function):
+    r"""All states of the linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over axis 0.
+
+    a, b (T, B, H), either broadcasting against the other (a decay shared over the batch:
+    (T, 1, H); a constant decay: (1, B, H)); h0 (B, H), zero when absent. ``reverse=True``
+    runs from the end: ``h_t = a_t * h_{t+1} + b_t``, with h0 entering at t = T-1.
+
+    The backward is the same scan run the other way in time on the gradient
+    (scan_kernels.scan_backward: the rule, or one fused Numba pass):
+
+    .. math::
+        \bar h_t = g_t + a_{t+1} \bar h_{t+1}, \quad \bar a_t = \bar h_t h_{t-1}, \quad
+        \bar b_t = \bar h_t, \quad \bar h_0 = a_1 \bar h_1
+
+    (indices counted in the direction of the scan).
+    """
+
+    name = "linear_scan"
+    saved_inputs, saved_output = ("a_in", None, "h0_in"), "out"
+
+    def forward(self, a, b, h0=None, reverse=False):
+        self.shape = shape = np.broadcast_shapes(a.shape, b.shape)
+        T, B, H = shape
+        dtype = np.result_type(a, b) if h0 is None else np.result_type(a, b, h0)
+        self.a_shape, self.b_shape, self.reverse = a.shape, b.shape, reverse
+        self.a = _as_columns(a, shape, dtype)
+        b = _as_columns(b, shape, dtype)
+        self.h0 = (np.zeros(B * H, dtype) if h0 is None
+                   else np.ascontiguousarray(h0, dtype=dtype).reshape(B * H))
+        self.h = scan_kernels.scan(self.a, b, self.h0, reverse)
+        self.a_in, self.h0_in = a, h0      # as given: the Tensor path's names for the inputs
+        self.out = self.h.reshape(shape)
+        return self.out
+
+    def backward(self, g):
+        dh, da, dh0 = self.xp.linear_scan_backward(self, g)
+        need = self.needs_input_grad
+        grads = (unbroadcast(da, self.a_shape) if need[0] else None,
+                 unbroadcast(dh, self.b_shape) if need[1] else None)
+        if len(need) == 2:
+            return grads
+        return grads + (dh0 if need[2] else None,)
+
+
+def _as_columns(x, shape, dtype):
+    """``x`` broadcast to (T, B, H) as a C-contiguous (T, B * H) array of ``dtype``."""
+    x = np.broadcast_to(x.astype(dtype, copy=False), shape)
+    return np.ascontiguousarray(x).reshape(shape[0], -1)
 
 
 # Every rule above is written with ``self.xp`` and the arrays' and Tensors' common operations,

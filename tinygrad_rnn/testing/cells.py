@@ -8,7 +8,8 @@ A user's test file needs one line per cell::
         check_cell(lambda: MyCell(3, 5))          # input_size read from the cell
 
 Hypothesis draws sequence lengths, batch sizes, inputs, initial states and weight seeds, in
-float64, and checks five properties:
+float64, and checks five properties (six for a cell that runs whole sequences, and a seventh
+on request):
 
 1. BPTT gradients of every parameter, the inputs and the initial state equal central finite
    differences (every element on a few small cases; the dot-product test
@@ -20,7 +21,9 @@ float64, and checks five properties:
    gives alone (outputs past its length exactly zero);
 5. truncated BPTT with a window covering the sequence equals full BPTT, and shorter windows
    equal the sum of the windows' separate gradients;
-6. (``second_order=True``) BPTT's own derivatives: the gradients differentiated again
+6. for a cell that defines ``forward_sequence``: it gives the outputs, final state and
+   gradients that stepping ``forward`` gives, with and without ``lengths``;
+7. (``second_order=True``) BPTT's own derivatives: the gradients differentiated again
    (``create_graph``) equal central differences of the first-order gradients
    (``gradgradcheck``), for the parameters, the inputs and the initial state.
 
@@ -48,7 +51,8 @@ PROPERTIES = {
     3: "the state keeps its structure, shapes and dtype",
     4: "a padded sequence with lengths equals the unpadded sequence",
     5: "truncated BPTT equals full BPTT when the window covers the sequence",
-    6: "second derivatives of BPTT equal finite differences of its gradients",
+    6: "forward_sequence equals the stepped forward (values and gradients, with lengths)",
+    7: "second derivatives of BPTT equal finite differences of its gradients",
 }
 
 # Values compared between two computations of the same thing (batched vs one row at a
@@ -72,7 +76,7 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
     ``max_steps`` steps and batches of 1 to ``max_batch``. ``derandomize=True`` makes every
     run draw the same examples (deterministic CI); ``False`` explores new ones each run.
     ``atol``/``rtol`` are the finite-difference tolerances of property 1.
-    ``second_order=True`` adds property 6 (``second_order_examples`` examples of at most 2
+    ``second_order=True`` adds property 7 (``second_order_examples`` examples of at most 2
     steps: each costs two backwards per parameter element).
 
     The cell runs in eval mode (``cell.eval()``): dropout masks would make finite
@@ -91,11 +95,11 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
         suite = _Suite(factory, int(size), probe, name, max_steps, max_batch, atol, rtol)
         properties = suite.properties()
         if second_order:
-            properties.append((6, suite.second_derivatives, suite.cases(max_steps=2, max_batch=2),
+            properties.append((7, suite.second_derivatives, suite.cases(max_steps=2, max_batch=2),
                                True))
         for number, prop, strategy, full_check in properties:
             n = gradcheck_examples if full_check else max_examples
-            if number == 6:
+            if number == 7:
                 n = second_order_examples
             _run(prop, strategy, n, derandomize, name, number)
 
@@ -204,7 +208,8 @@ class _Suite:
             (1, self.gradients_vjp, self.cases(lengths=True), False),
             (4, self.lengths_match_unpadded, self.cases(lengths=True), False),
             (5, self.truncated_bptt, self.cases(window=True), False),
-        ]
+        ] + ([(6, self.sequence_matches_steps, self.cases(lengths=True), False)]
+             if getattr(self.probe, "forward_sequence", None) is not None else [])
 
     def build(self, seed):
         with default_dtype(np.float64):
@@ -288,7 +293,7 @@ class _Suite:
             check_vjp(fn, Tensor(case.xs, requires_grad=True, name="xs"), *leaves,
                       params=_parameters(cell), atol=self.atol, rtol=self.rtol)
 
-    # --- property 6 ----------------------------------------------------------------------
+    # --- property 7 ----------------------------------------------------------------------
 
     def second_derivatives(self, case):
         """gradgradcheck of the unroll: d/dx of (dL/dx . u) against finite differences."""
@@ -505,6 +510,51 @@ class _Suite:
         for name, g, g_sep in zip(names, got, expected):
             _assert_close(g, g_sep, f"gradient of {name}: truncated BPTT with window {k} vs the sum "
                           "of the windows run separately")
+
+    # --- property 6 ----------------------------------------------------------------------
+
+    def sequence_matches_steps(self, case):
+        """Unroll runs forward_sequence; the same cell behind `_Stepped` is stepped."""
+        cell = self.build(case.weight_seed)
+        params = _parameters(cell)
+        rng = np.random.default_rng(case.weight_seed + 2)
+        for lengths in (None, case.lengths):
+            results, cotangents = [], None
+            for runner in (cell, _Stepped(cell)):
+                _zero_grads(params)
+                xs = Tensor(case.xs, requires_grad=True)
+                s0, s0_leaves = self.initial_state(cell, case, requires_grad=True)
+                ys, final = Unroll(runner)(xs, s0, lengths)
+                leaves = tree_leaves(ys) + tree_leaves(final)
+                if cotangents is None:                       # the same ones for both runs
+                    cotangents = [rng.standard_normal(t.shape) for t in leaves]
+                loss = _project(leaves, cotangents)
+                if loss.requires_grad:
+                    loss.backward()
+                results.append((ys, final, [_grad(xs)] + [_grad(s) for s in s0_leaves] + _grads(params)))
+            (ys, final, grads), (ys_step, final_step, grads_step) = results
+            given = "without lengths" if lengths is None else f"with lengths {_short(lengths)}"
+            _assert_trees_close(ys, ys_step, f"outputs of forward_sequence vs stepping, {given}")
+            _assert_trees_close(final, final_step, f"final state of forward_sequence vs stepping, {given}")
+            n_state = len(grads) - 1 - len(params)
+            names = (["the inputs"] + [f"initial-state leaf {i}" for i in range(n_state)]
+                     + [f"parameter '{n}'" for n, _ in _named(cell)])
+            for name, g, g_step in zip(names, grads, grads_step):
+                _assert_close(g, g_step, f"gradient of {name}: forward_sequence vs stepping, {given}")
+
+
+class _Stepped:
+    """A cell seen without its forward_sequence, so that Unroll steps it with forward."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.input_size = getattr(cell, "input_size", None)
+
+    def init_state(self, batch_size):
+        return self.cell.init_state(batch_size)
+
+    def __call__(self, x, state):
+        return self.cell(x, state)
 
 
 # --- comparison helpers --------------------------------------------------------------------
