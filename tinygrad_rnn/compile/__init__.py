@@ -5,6 +5,8 @@ The eager engine never imports this package; `Unroll` finds the compiled loops t
 ``forward_sequence`` hook of the cell that ``compile`` returns.
 """
 
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -85,8 +87,8 @@ class CompiledCell(Cell):
             return self._programs[key]
         try:
             graph = _graph.build(self.cell, batch, input_size, dtype, state)
-            program = Program(graph, f"{type(self.cell).__name__}, batch {batch}, input "
-                                     f"{input_size}, {np.dtype(dtype).name}")
+            program = Program(graph, f"{type(self.cell).__name__}, input size {input_size}, "
+                                     f"{np.dtype(dtype).name}")
         except CompileError as exc:
             if not self.fallback:
                 raise CompileError(f"tg.compile({type(self.cell).__name__}): {exc}") from None
@@ -157,3 +159,15 @@ def compile(module, fallback=True):
     kind = type(module).__name__ if isinstance(module, Module) else repr(module)
     raise TypeError(f"tg.compile: expected a Cell (or a Stack, Unroll or Bidirectional), "
                     f"got {kind}")
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this package sets ``tinygrad_rnn.compile`` to the package itself (Python
+    binds a submodule to its parent's attribute), so ``tg.compile(cell)`` calls the package:
+    it forwards to `compile`, and ``tg.compile.CompiledCell`` still works."""
+
+    def __call__(self, module, fallback=True):
+        return compile(module, fallback)
+
+
+sys.modules[__name__].__class__ = _CallableModule

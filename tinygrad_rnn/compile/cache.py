@@ -39,6 +39,24 @@ def _write(directory, name, source):
     return path
 
 
+_llvm_tuned = False
+
+
+def _tune_llvm():
+    """Let LLVM vectorize loops that touch many arrays (once per process).
+
+    A fused step reads and writes a dozen arrays; LLVM cannot prove they do not overlap, so
+    it vectorizes only behind run-time overlap checks, and by default gives up past 8 of
+    them: the LSTM's gate loop then ran scalar, 5x slower. The option only raises that
+    limit (a code-generation heuristic); it changes no result.
+    """
+    global _llvm_tuned
+    if not _llvm_tuned:
+        import llvmlite.binding as llvm
+        llvm.set_option("tinygrad_rnn", "-runtime-memory-check-threshold=128")
+        _llvm_tuned = True
+
+
 def load(source):
     """The module of a generated source (written to the cache if new, imported once)."""
     key = source_key(source)
@@ -51,6 +69,7 @@ def load(source):
         path = _write(cache_dir(), name, source)
     except OSError:
         path = _write(tempfile.mkdtemp(prefix="tinygrad_rnn_compiled_"), name, source)
+    _tune_llvm()
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

@@ -262,7 +262,9 @@ class Source:
     def _index(self, v, width, ts, cur):
         """``[rows, cols]`` subscript of a value read at (b, j) in a loop of ``width``."""
         rows, cols = (norm2d(v.shape) if v.kind == INVARIANT else v.shape)
-        r = "b" if rows > 1 else "0"
+        # Values of the loop are (B, n): indexed by b even when B = 1, so that every batch
+        # size shares one source (and one compilation); invariants broadcast by shape.
+        r = "b" if rows > 1 or v.kind != INVARIANT else "0"
         off = v.col if v.kind == CARRY else 0
         j = "j" if cols == width else "0"              # "0": broadcast along the row
         c = j if off == 0 else (f"{off} + {j}" if j == "j" else f"{off}")
@@ -353,7 +355,7 @@ class Source:
         x, out = node.inputs[0], node.outputs[0]
         k = self.gemms().index(item)
         src = (f"S{x.num}[cur]" if x.source == "state" else f"A{x.num}[{self._ts(x, mode)}]")
-        w(2, f"# {node.name} (at {node.site}): x @ W{'.T' if item.transposed else ''}")
+        w(2, f"# {node.name}: x @ W{'.T' if item.transposed else ''}")
         w(2, f"np.dot({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
 
     def _result_writes(self, v, expr, depth, w):
@@ -381,7 +383,7 @@ class Source:
     def _forward_structural(self, w, node, mode):
         out = node.outputs[0]
         dst = f"A{out.num}[{self._ts(out, mode)}"
-        w(2, f"# {node.name} (at {node.site})")
+        w(2, f"# {node.name}")
         w(2, "for b in range(B):")
         if node.op is Cat:
             off = 0
@@ -524,7 +526,7 @@ class Source:
             a = node.inputs[0]
             n = a.shape[1]
             val = self.read(a, n, None, "backward")
-            m = self.read(out, 1, None, "backward")
+            m = self.read(out, n, None, "backward")
             w(3, "count = fl(0.0)")
             w(3, f"for j in range({n}):")
             w(4, f"count += fl(1.0) if {val} == {m} else fl(0.0)")

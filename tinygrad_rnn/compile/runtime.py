@@ -26,9 +26,9 @@ class SequenceFunction(Function):
 
     name = "compiled_sequence"
 
-    def forward(self, *arrays, program, lengths, train):
+    def forward(self, *arrays, program, steps, lengths, train):
         self.program = program
-        return program.forward(self, arrays, lengths, train)
+        return program.forward(self, arrays, steps, lengths, train)
 
     def backward(self, *grads):
         for g in grads:
@@ -79,7 +79,8 @@ class Program:
         lengths = (np.full(B, T, dtype=np.int64) if lengths is None
                    else np.asarray(lengths, dtype=np.int64))
         train = is_grad_enabled() and any(t.requires_grad for t in tensors)
-        outs = SequenceFunction.apply(*tensors, program=self, lengths=lengths, train=train)
+        outs = SequenceFunction.apply(*tensors, program=self, steps=T, lengths=lengths,
+                                      train=train)
         n_out = len(L.outputs)
         ys, finals = list(outs[:n_out]), list(outs[n_out:])
         it_y, it_s = iter(ys), iter(finals)
@@ -118,12 +119,10 @@ class Program:
         inv = dict(zip(map(id, self.invariant_inputs), arrays[n_p + n_s:]))
         return P, S0, inv
 
-    def forward(self, ctx, arrays, lengths, train):
+    def forward(self, ctx, arrays, T, lengths, train):
         L, W = self.layout, self.writer
         P, S0, inv = self._split_inputs(arrays)
-        T, B = P[0].shape[:2] if P else (None, None)
-        if T is None:
-            raise NotImplementedError("compiled_sequence: a cell that ignores its input")
+        B = len(lengths)
         dt = self.graph.x.dtype
         slots = T + 1 if train else 2
         S = []
@@ -143,13 +142,13 @@ class Program:
         last = T if train else T & 1
         finals = [s[last].copy() for s in S]
         if train:
-            ctx.saved = (lengths, P, S, V, inv, A)
+            ctx.saved = (T, lengths, P, S, V, inv, A)
         return tuple(Y) + tuple(finals)
 
     def backward(self, ctx, grads):
         L, W = self.layout, self.writer
-        lengths, P, S, V, inv, A = ctx.saved
-        T, B = P[0].shape[:2]
+        T, lengths, P, S, V, inv, A = ctx.saved
+        B = len(lengths)
         dt = self.graph.x.dtype
         n_out = len(L.outputs)
 

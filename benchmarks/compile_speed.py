@@ -1,0 +1,141 @@
+"""The compiled path against torch.nn's fused cells: a quick side-by-side, one thread each.
+
+float32, forward+backward of ``Unroll(tg.compile(cell))(xs)`` with ``ys.backward(dys)`` and
+``xs`` requiring grad (gradients of x and every parameter), against ``torch.nn.RNN/LSTM/GRU``
+doing the same job in a separate process. The MGU (DESIGN.md's custom cell, equations only)
+is compared with torch.nn.GRU of the same size. Median and spread (min-max) in ms.
+
+    python benchmarks/compile_speed.py                       # every cell and size
+    python benchmarks/compile_speed.py --cells lstm --sizes M,long --repeats 15
+
+The official table is benchmarks/bench_rnn.py's; this script is for working on the compiler.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SIZES = {"S": (50, 16, 16, 32), "M": (100, 32, 64, 128), "L": (100, 64, 256, 512),
+         "long": (2000, 8, 8, 32)}
+THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                            "NUMBA_NUM_THREADS")}
+
+
+def _stats(times):
+    times = sorted(times)
+    return {"median": times[len(times) // 2] * 1e3, "min": times[0] * 1e3, "max": times[-1] * 1e3}
+
+
+def _time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return _stats(out)
+
+
+def mgu_cell(I, H):
+    import tinygrad_rnn as tg
+    from tinygrad_rnn import nn
+
+    class MGUCell(tg.Cell):
+        def __init__(self, input_size, hidden_size):
+            self.input_size, self.hidden_size = input_size, hidden_size
+            self.W_f = nn.Linear(input_size + hidden_size, hidden_size, dtype="float32")
+            self.W_h = nn.Linear(input_size + hidden_size, hidden_size, dtype="float32")
+
+        def init_state(self, batch_size):
+            return tg.zeros(batch_size, self.hidden_size, dtype="float32")
+
+        def forward(self, x, h):
+            f = self.W_f(tg.cat([x, h], axis=-1)).sigmoid()
+            h_tilde = self.W_h(tg.cat([x, f * h], axis=-1)).tanh()
+            h = (1 - f) * h + f * h_tilde
+            return h, h
+
+    return MGUCell(I, H)
+
+
+def ours(cell_name, size, warmup, repeats):
+    import numpy as np
+
+    import tinygrad_rnn as tg
+    T, B, I, H = SIZES[size]
+    tg.manual_seed(0)
+    if cell_name == "mgu":
+        cell = mgu_cell(I, H)
+    else:
+        cell = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[cell_name](
+            I, H, dtype=np.float32)
+    rnn = tg.Unroll(tg.compile(cell, fallback=False))
+    rng = np.random.default_rng(0)
+    xs = tg.Tensor(rng.standard_normal((T, B, I)).astype(np.float32), requires_grad=True)
+    dys = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def job():
+        ys, _ = rnn(xs)
+        ys.backward(dys)
+
+    t0 = time.perf_counter()
+    job()
+    first = time.perf_counter() - t0
+    out = _time(job, warmup, repeats)
+    out["first_call_s"] = first
+    return out
+
+
+def torch_nn(cell_name, size, warmup, repeats):
+    import torch
+    torch.set_num_threads(1)
+    T, B, I, H = SIZES[size]
+    torch.manual_seed(0)
+    kind = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
+    model = kind[cell_name](I, H)
+    xs = torch.randn(T, B, I, requires_grad=True)
+    dys = torch.randn(T, B, H)
+
+    def job():
+        ys, _ = model(xs)
+        ys.backward(dys)
+
+    return _time(job, warmup, repeats)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", default="lstm,gru,rnn,mgu")
+    p.add_argument("--sizes", default="S,M,L,long")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    cells, sizes = args.cells.split(","), args.sizes.split(",")
+    if args.worker:
+        fn = ours if args.worker == "ours" else torch_nn
+        rows = {f"{c}/{s}": fn(c, s, args.warmup, args.repeats) for c in cells for s in sizes}
+        print(json.dumps(rows))
+        return
+    env = dict(os.environ, **THREADS)
+    results = {}
+    for who in ("ours", "torch"):
+        cmd = [sys.executable, __file__, "--worker", who, "--cells", args.cells, "--sizes",
+               args.sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        results[who] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'row':<10} {'ours ms (min-max)':>22} {'torch.nn ms (min-max)':>24} {'ratio':>6}"
+          f" {'first call s':>12}")
+    for key, mine in results["ours"].items():
+        theirs = results["torch"][key]
+        print(f"{key:<10} {mine['median']:9.2f} ({mine['min']:.2f}-{mine['max']:.2f})"
+              f" {theirs['median']:10.2f} ({theirs['min']:.2f}-{theirs['max']:.2f})"
+              f" {mine['median'] / theirs['median']:6.2f} {mine['first_call_s']:12.2f}")
+
+
+if __name__ == "__main__":
+    main()
