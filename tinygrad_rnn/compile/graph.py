@@ -47,7 +47,8 @@ class Value:
         self.stored = self.saved = self.has_adjoint = False
 
     def __repr__(self):
-        return f"Value({self.source}, {self.shape}, {KIND_NAMES[self.kind] if self.kind is not None else '?'})"
+        kind = KIND_NAMES[self.kind] if self.kind is not None else "?"
+        return f"Value({self.source}, {self.shape}, {kind})"
 
 
 class Node:
@@ -109,7 +110,7 @@ def trace(cell, batch, input_size, dtype, state_template, seed):
     for k, s in enumerate(tree_leaves(state)):
         values[id(s)] = Value("state", s.shape, s.dtype, tensor=s, state_index=k)
         states.append(values[id(s)])
-    keep = [x] + tree_leaves(state)          # ids stay valid while the tensors live
+    # (The recorder holds every tensor until we return, so no id is reused meanwhile.)
     nodes = []
     for op, inputs, outs, attrs, site in recorder.events:
         ins = []
@@ -117,12 +118,10 @@ def trace(cell, batch, input_size, dtype, state_template, seed):
             v = values.get(id(t))
             if v is None:
                 v = values[id(t)] = Value("leaf", t.shape, t.dtype, tensor=t)
-                keep.append(t)
             ins.append(v)
         node = Node(op, ins, attrs, site, n_outputs=len(outs))
         for i, t in enumerate(outs):
             node.outputs[i] = values[id(t)] = Value("op", t.shape, t.dtype, node=node, index=i)
-            keep.append(t)
         nodes.append(node)
 
     def as_value(t):
@@ -131,14 +130,12 @@ def trace(cell, batch, input_size, dtype, state_template, seed):
         v = values.get(id(t))
         if v is None:                          # a Tensor made without any op: a constant
             v = values[id(t)] = Value("leaf", t.shape, t.dtype, tensor=t)
-            keep.append(t)
         return v
 
     graph = Graph(values[id(x)], states, nodes, tree_map(as_value, out),
                   tree_map(as_value, new_state), batch)
     graph.constants = [v for v in values.values()
                        if v.source == "leaf" and not v.tensor.requires_grad]
-    del keep
     return graph
 
 
