@@ -8,7 +8,7 @@ A user's test file needs one line per cell::
         check_cell(lambda: MyCell(3, 5))          # input_size read from the cell
 
 Hypothesis draws sequence lengths, batch sizes, inputs, initial states and weight seeds, in
-float64, and checks five properties:
+float64, and checks six properties:
 
 1. BPTT gradients of every parameter, the inputs and the initial state equal central finite
    differences (every element on a few small cases; the dot-product test
@@ -19,7 +19,10 @@ float64, and checks five properties:
 4. with ``lengths``, each padded sequence gives the outputs, final state and gradients it
    gives alone (outputs past its length exactly zero);
 5. truncated BPTT with a window covering the sequence equals full BPTT, and shorter windows
-   equal the sum of the windows' separate gradients.
+   equal the sum of the windows' separate gradients;
+6. ``tg.compile(cell)`` (the generated loops) gives the eager outputs, final state and
+   every gradient, with and without ``lengths``. A cell the compiler cannot run is skipped
+   with a warning saying why (property 6 only).
 
 A failure raises one ``AssertionError`` naming the property, the error, and hypothesis'
 shrunk falsifying example.
@@ -46,6 +49,7 @@ PROPERTIES = {
     3: "the state keeps its structure, shapes and dtype",
     4: "a padded sequence with lengths equals the unpadded sequence",
     5: "truncated BPTT equals full BPTT when the window covers the sequence",
+    6: "the compiled cell (tg.compile) equals the eager cell",
 }
 
 # Values compared between two computations of the same thing (batched vs one row at a
@@ -86,6 +90,15 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
         for number, prop, strategy, full_check in suite.properties():
             n = gradcheck_examples if full_check else max_examples
             _run(prop, strategy, n, derandomize, name, number)
+        blocker = _compile_blocker(probe, int(size))
+        if blocker is None:
+            # Few examples: each is cheap, but the first compiles (seconds, then cached).
+            _run(suite.compiled_matches_eager, suite.cases(lengths=True), min(max_examples, 8),
+                 derandomize, name, 6)
+        else:
+            import warnings
+            warnings.warn(f"check_cell({name}): property (6) skipped, the cell does not compile: "
+                          f"{blocker}", stacklevel=2)
 
 
 # --- building cells --------------------------------------------------------------------
@@ -492,6 +505,54 @@ class _Suite:
         for name, g, g_sep in zip(names, got, expected):
             _assert_close(g, g_sep, f"gradient of {name}: truncated BPTT with window {k} vs the sum "
                           "of the windows run separately")
+
+
+    # --- property 6 ----------------------------------------------------------------------
+
+    def compiled_matches_eager(self, case):
+        from ..compile import compile       # imports numba: only for this property
+        cell = self.build(case.weight_seed)
+        params = _parameters(cell)
+        runs = []
+        for runner in (cell, compile(cell, fallback=False)):
+            state, leaves = self.initial_state(cell, case, requires_grad=True)
+            xs = Tensor(case.xs, requires_grad=True)
+            _zero_grads(params)
+            ys, final = Unroll(runner)(xs, state, case.lengths)
+            outs = tree_leaves(ys) + tree_leaves(final)
+            rng = np.random.default_rng(case.weight_seed)
+            _project(outs, [rng.standard_normal(o.shape) for o in outs]).backward()
+            runs.append(([o.data for o in outs], [_grad(xs)] + [_grad(s) for s in leaves]
+                         + _grads(params)))
+        (outs_c, grads_c), (outs_e, grads_e) = runs[1], runs[0]
+        for k, (a, b) in enumerate(zip(outs_c, outs_e)):
+            _assert_close(a, b, f"compiled vs eager: output/final-state leaf {k}")
+        names = ["xs"] + [f"initial state leaf {i}" for i in range(len(grads_c) - 1 - len(params))]
+        names += [n for n, _ in _named(cell)]
+        for name, a, b in zip(names, grads_c, grads_e):
+            _assert_close(a, b, f"compiled vs eager: gradient of {name}")
+
+
+def _compile_blocker(probe, input_size):
+    """Why ``tg.compile`` would run this cell eager (a sentence), or None if it compiles."""
+    try:
+        from ..compile import CompileError, compile
+    except ImportError as exc:          # numba missing
+        return str(exc)
+    try:
+        compiled = compile(probe, fallback=False)
+        layers = getattr(compiled, "cells", [compiled])
+        for layer in layers:
+            with no_grad(), default_dtype(np.float64):
+                state = layer.init_state(2)
+            leaf = tree_leaves(state)[0]
+            size = input_size if layer is layers[0] else layer.input_size
+            layer.program(2, size, leaf.dtype, state)
+    except CompileError as exc:
+        return str(exc)
+    except Exception as exc:            # the trace itself failed: say how, as the note
+        return f"tracing it raised {type(exc).__name__}: {exc}"
+    return None
 
 
 # --- comparison helpers --------------------------------------------------------------------
