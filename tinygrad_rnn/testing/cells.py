@@ -510,7 +510,7 @@ class _Suite:
     # --- property 6 ----------------------------------------------------------------------
 
     def compiled_matches_eager(self, case):
-        from ..compile import compile       # imports numba: only for this property
+        from ..compile import compile  # imports numba: only for this property
         cell = self.build(case.weight_seed)
         params = _parameters(cell)
         runs = []
