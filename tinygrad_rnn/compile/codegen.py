@@ -63,7 +63,10 @@ class Layout:
         self.count = count
 
     def _views(self):
-        for node in self.nodes:
+        # Views of hoisted per-step values too (the GRU's x_r, x_z, x_n): the loop then reads
+        # the one hoisted (T, B, 3H) array at column offsets, and its adjoint is one array.
+        perstep = [n for n in self.graph.nodes if n.outputs[0].kind == PERSTEP]
+        for node in perstep + self.nodes:
             if node.op is Split:
                 src, off = node.inputs[0], 0
                 for out, size in zip(node.outputs, node.attrs["sizes"]):
@@ -183,6 +186,8 @@ class Layout:
         self.stored = [v for n in self.nodes for v in n.outputs if v.stored]
 
     def _register(self, v, seen):
+        if v.kind == PERSTEP:
+            v = v.base
         if v.kind == CARRY or id(v) in seen:
             return
         seen.add(id(v))
@@ -265,7 +270,7 @@ class Source:
         # Values of the loop are (B, n): indexed by b even when B = 1, so that every batch
         # size shares one source (and one compilation); invariants broadcast by shape.
         r = "b" if rows > 1 or v.kind != INVARIANT else "0"
-        off = v.col if v.kind == CARRY else 0
+        off = v.col if v.kind != INVARIANT else 0
         j = "j" if cols == width else "0"              # "0": broadcast along the row
         c = j if off == 0 else (f"{off} + {j}" if j == "j" else f"{off}")
         if v.kind == CARRY:
@@ -275,7 +280,7 @@ class Source:
             t = ts if base.saved else "0"
             return f"A{base.num}[{t}, {r}, {c}]"
         if v.kind == PERSTEP:
-            return f"P{v.num}[t, {r}, {c}]"
+            return f"P{v.base.num}[t, {r}, {c}]"
         return f"V{v.num}[{r}, {c}]"
 
     def read(self, v, width, group, mode):
