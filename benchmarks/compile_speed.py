@@ -3,7 +3,8 @@
 float32, forward+backward of ``Unroll(tg.compile(cell))(xs)`` with ``ys.backward(dys)`` and
 ``xs`` requiring grad (gradients of x and every parameter), against ``torch.nn.RNN/LSTM/GRU``
 doing the same job in a separate process. The MGU (DESIGN.md's custom cell, equations only)
-is compared with torch.nn.GRU of the same size. Median and spread (min-max) in ms.
+is compared with torch.nn.GRU of the same size. Median and spread (min-max) in ms; the GEMM
+floor is the GEMMs alone, in numpy (see `gemm_floor`).
 
     python benchmarks/compile_speed.py                       # every cell and size
     python benchmarks/compile_speed.py --cells lstm --sizes M,long --repeats 15
@@ -90,6 +91,34 @@ def ours(cell_name, size, warmup, repeats):
     return out
 
 
+def gemm_floor(cell_name, size, warmup, repeats):
+    """The GEMMs any implementation of forward+backward must run, alone, in numpy: the
+    hoisted input GEMM, T per-step GEMMs each way, and dW_hh, dW_ih, dx as one GEMM each."""
+    import numpy as np
+    T, B, I, H = SIZES[size]
+    G = {"rnn": 1, "lstm": 4, "gru": 3, "mgu": 2}[cell_name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T * B, I)).astype(np.float32)
+    W_ih_T = rng.standard_normal((I, G * H)).astype(np.float32)
+    W_hh_T = rng.standard_normal((H, G * H)).astype(np.float32)
+    W_hh = np.ascontiguousarray(W_hh_T.T)
+    hs = rng.standard_normal((T, B, H)).astype(np.float32)
+    dG = rng.standard_normal((T, B, G * H)).astype(np.float32)
+    out, dh = np.empty((B, G * H), np.float32), np.empty((B, H), np.float32)
+
+    def job():
+        x @ W_ih_T
+        for t in range(T):
+            np.dot(hs[t], W_hh_T, out=out)
+            np.dot(dG[t], W_hh, out=dh)
+        dG2 = dG.reshape(T * B, G * H)
+        dG2.T @ hs.reshape(T * B, H)
+        dG2.T @ x
+        dG2 @ W_ih_T.T
+
+    return _time(job, warmup, repeats)
+
+
 def torch_nn(cell_name, size, warmup, repeats):
     import torch
     torch.set_num_threads(1)
@@ -113,28 +142,29 @@ def main(argv=None):
     p.add_argument("--sizes", default="S,M,L,long")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "torch", "floor"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cells, sizes = args.cells.split(","), args.sizes.split(",")
     if args.worker:
-        fn = ours if args.worker == "ours" else torch_nn
+        fn = {"ours": ours, "torch": torch_nn, "floor": gemm_floor}[args.worker]
         rows = {f"{c}/{s}": fn(c, s, args.warmup, args.repeats) for c in cells for s in sizes}
         print(json.dumps(rows))
         return
     env = dict(os.environ, **THREADS)
     results = {}
-    for who in ("ours", "torch"):
+    for who in ("ours", "torch", "floor"):
         cmd = [sys.executable, __file__, "--worker", who, "--cells", args.cells, "--sizes",
                args.sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results[who] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{'row':<10} {'ours ms (min-max)':>22} {'torch.nn ms (min-max)':>24} {'ratio':>6}"
-          f" {'first call s':>12}")
+          f" {'GEMM floor':>10} {'/floor':>6} {'first call s':>12}")
     for key, mine in results["ours"].items():
-        theirs = results["torch"][key]
+        theirs, floor = results["torch"][key], results["floor"][key]["median"]
         print(f"{key:<10} {mine['median']:9.2f} ({mine['min']:.2f}-{mine['max']:.2f})"
               f" {theirs['median']:10.2f} ({theirs['min']:.2f}-{theirs['max']:.2f})"
-              f" {mine['median'] / theirs['median']:6.2f} {mine['first_call_s']:12.2f}")
+              f" {mine['median'] / theirs['median']:6.2f} {floor:10.2f}"
+              f" {mine['median'] / floor:6.2f} {mine['first_call_s']:12.2f}")
 
 
 if __name__ == "__main__":
