@@ -142,6 +142,7 @@ def main(argv=None):
     p.add_argument("--sizes", default="S,M,L,long")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="repeat each row in fresh processes")
     p.add_argument("--worker", choices=["ours", "torch", "floor"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cells, sizes = args.cells.split(","), args.sizes.split(",")
@@ -151,12 +152,21 @@ def main(argv=None):
         print(json.dumps(rows))
         return
     env = dict(os.environ, **THREADS)
-    results = {}
-    for who in ("ours", "torch", "floor"):
-        cmd = [sys.executable, __file__, "--worker", who, "--cells", args.cells, "--sizes",
-               args.sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        results[who] = json.loads(out.stdout.strip().splitlines()[-1])
+    # Row by row, the contestants back to back (and --rounds times, median of the medians):
+    # on a shared machine the load drifts over minutes, so distant runs do not compare.
+    results = {"ours": {}, "torch": {}, "floor": {}}
+    for c in cells:
+        for s in sizes:
+            runs = {who: [] for who in results}
+            for _ in range(args.rounds):
+                for who in results:
+                    cmd = [sys.executable, __file__, "--worker", who, "--cells", c, "--sizes", s,
+                           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                    runs[who].append(json.loads(out.stdout.strip().splitlines()[-1])[f"{c}/{s}"])
+            for who, rs in runs.items():
+                rs.sort(key=lambda r: r["median"])
+                results[who][f"{c}/{s}"] = rs[len(rs) // 2]
     print(f"{'row':<10} {'ours ms (min-max)':>22} {'torch.nn ms (min-max)':>24} {'ratio':>6}"
           f" {'GEMM floor':>10} {'/floor':>6} {'first call s':>12}")
     for key, mine in results["ours"].items():
