@@ -29,7 +29,7 @@ environment:
   the heap back to the OS whenever 128 KiB sit free at its top, and whether that happens
   after each backward depends on what the process allocated before: the same LSTM at size
   M measured 48 or 70 ms in one process or the other, all of it page faults. Since then
-  tinygrad_rnn sets the same two values itself at its first Unroll or backward (``_malloc.py``), so
+  tinygrad_rnn sets the same two values itself at its first Unroll or backward (``engine/malloc.py``), so
   with ``--no-malloc-pin`` only the other families run on glibc's defaults. See
   benchmarks/README.md.
 

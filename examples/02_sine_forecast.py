@@ -22,7 +22,8 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
 
 DTYPE = np.float32
 NOISE = 0.1
@@ -57,23 +58,16 @@ def main(steps=1200, seed=0, quick=False, out_dir=None):
     rng = np.random.default_rng(seed)
     cell = tg.LSTMCell(1, hidden, dtype=DTYPE)
     readout = nn.Linear(hidden, 1, dtype=DTYPE)                        # y_t = W_hy h_t
-    params = cell.parameters() + readout.parameters()
-    opt = Adam(params, lr=3e-3)
 
-    losses, start = [], time.perf_counter()
-    every = max(1, steps // 8)
-    for step in range(1, steps + 1):
+    def batch_loss():
         _, noisy = sine_waves(rng, batch, length)
         xs = tg.Tensor(noisy[:-1, :, None])                             # lagged values (T-1, B, 1)
         ys, _ = tg.Unroll(cell)(xs)                                      # many-to-many
-        loss = F.mse(readout(ys), tg.Tensor(noisy[1:, :, None]))        # predict the next value
-        opt.zero_grad()
-        loss.backward()
-        grad_norm = clip_grad_norm(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % every == 0:
-            print(f"step {step:5d}  next-step mse {np.mean(losses[-every:]):.4f}  grad norm {grad_norm:.3f}")
+        return F.mse(readout(ys), tg.Tensor(noisy[1:, :, None]))        # predict the next value
+
+    start = time.perf_counter()
+    losses, _ = fit(cell.parameters() + readout.parameters(), batch_loss, steps, lr=3e-3,
+                    label="next-step mse", show_grad_norm=True)
     print(f"trained in {time.perf_counter() - start:.1f} s "
           f"(the noise alone makes a next-step mse of {NOISE ** 2:.3f})")
 
@@ -98,7 +92,6 @@ def main(steps=1200, seed=0, quick=False, out_dir=None):
 
 
 def plot(noisy, clean, preds, warmup, out_dir):
-    from _common import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return None
@@ -117,6 +110,5 @@ def plot(noisy, clean, preds, warmup, out_dir):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=1200)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)

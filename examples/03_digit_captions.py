@@ -22,7 +22,8 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+from _common import fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 
@@ -123,23 +124,15 @@ def main(steps=1500, seed=0, quick=False, out_dir=None):
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = Captioner(hidden, embed)
-    params = model.parameters()
-    opt = Adam(params, lr=3e-3)
 
-    losses, start = [], time.perf_counter()
-    every = max(1, steps // 8)
-    for step in range(1, steps + 1):
+    def batch_loss():
         digits = rng.integers(0, 10, batch)
         char_inputs, targets = spell(digits)
         logits = model(draw_digits(rng, digits), char_inputs)
-        loss = F.cross_entropy(logits, targets, ignore_index=PAD)
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % every == 0:
-            print(f"step {step:5d}  loss {np.mean(losses[-every:]):.4f}")
+        return F.cross_entropy(logits, targets, ignore_index=PAD)
+
+    start = time.perf_counter()
+    losses, _ = fit(model.parameters(), batch_loss, steps, lr=3e-3)
     print(f"trained in {time.perf_counter() - start:.1f} s")
 
     digits = rng.integers(0, 10, 1000)
@@ -160,6 +153,5 @@ def main(steps=1500, seed=0, quick=False, out_dir=None):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=1500)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)

@@ -8,7 +8,7 @@ vector (its final state), and a one-to-many decoder starts from that vector and 
 digits; the encoder stops at each string's own length (``src_lengths``). The trained
 weights are saved with ``tg.save`` and the evaluation uses the copy ``tg.load`` reads back.
 
-    python examples/04_seq2seq_reverse.py    # ~70 s; writes examples/out/seq2seq_reverse.npz
+    python examples/04_seq2seq_reverse.py    # ~70 s; writes examples/out/seq2seq_reverse.safetensors
 """
 
 import os
@@ -22,7 +22,8 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+from _common import fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 EOS, BOS, PAD = 10, 11, 12          # tokens 0..9 are the digits
@@ -69,7 +70,7 @@ class Reverser(nn.Module):
 def save_and_reload(model, out_dir, hidden, embed):
     """Checkpoint the weights with tg.save and return a fresh model loaded from the file."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "seq2seq_reverse.npz")
+    path = os.path.join(out_dir, "seq2seq_reverse.safetensors")
     tg.save({"model": model.state_dict(), "hidden": hidden, "embed": embed}, path)
     checkpoint = tg.load(path)
     reloaded = Reverser(checkpoint["hidden"], checkpoint["embed"])
@@ -89,21 +90,13 @@ def main(steps=2500, seed=0, quick=False, out_dir=None):
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = Reverser(hidden, embed)
-    params = model.parameters()
-    opt = Adam(params, lr=3e-3)
 
-    losses, start = [], time.perf_counter()
-    every = max(1, steps // 8)
-    for step in range(1, steps + 1):
+    def batch_loss():
         src, lengths, tgt_in, tgt_out = make_batch(rng, batch, max_len)
-        loss = F.cross_entropy(model(src, lengths, tgt_in), tgt_out, ignore_index=PAD)
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % every == 0:
-            print(f"step {step:5d}  loss {np.mean(losses[-every:]):.4f}")
+        return F.cross_entropy(model(src, lengths, tgt_in), tgt_out, ignore_index=PAD)
+
+    start = time.perf_counter()
+    losses, _ = fit(model.parameters(), batch_loss, steps, lr=3e-3)
     print(f"trained in {time.perf_counter() - start:.1f} s")
     if out_dir is not None:
         model = save_and_reload(model, out_dir, hidden, embed)
@@ -127,6 +120,5 @@ def main(steps=2500, seed=0, quick=False, out_dir=None):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=2500)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)

@@ -28,7 +28,8 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
 
 DTYPE = np.float32
 BASELINE = 1 / 6        # the variance of the sum of two uniforms: the mse of always saying 1.0
@@ -74,18 +75,14 @@ def train(kind, steps, hidden, batch, T, seed):
     rng = np.random.default_rng(seed)
     cell = make_cell(kind, hidden)
     readout = nn.Linear(hidden, 1, dtype=DTYPE)
-    params = cell.parameters() + readout.parameters()
-    opt = Adam(params, lr=1e-2)
     grad_in = input_gradient_norms(cell, readout, *adding_batch(rng, 256, T))
-    losses, norms, start = [], [], time.perf_counter()
-    for _ in range(steps):
+
+    def batch_loss():
         xs, targets = adding_batch(rng, batch, T)
-        loss = F.mse(predict(cell, readout, xs), targets)
-        opt.zero_grad()
-        loss.backward()
-        norms.append(clip_grad_norm(params, 1.0))        # the norm before clipping
-        opt.step()
-        losses.append(loss.item())
+        return F.mse(predict(cell, readout, xs), targets)
+
+    start = time.perf_counter()
+    losses, norms = fit(cell.parameters() + readout.parameters(), batch_loss, steps, lr=1e-2, log=False)
     with tg.no_grad():
         xs, targets = adding_batch(rng, 2000, T)
         test_mse = F.mse(predict(cell, readout, xs), targets).item()
@@ -121,7 +118,6 @@ def main(steps=1200, seed=0, quick=False, out_dir=None, T=None):
 
 
 def plot(results, T, out_dir):
-    from _common import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return None
@@ -142,6 +138,5 @@ def plot(results, T, out_dir):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=1200)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)

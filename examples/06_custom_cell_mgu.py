@@ -26,7 +26,8 @@ import numpy as np
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
-from tinygrad_rnn.optim import Adam, clip_grad_norm
+
+from _common import fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 
@@ -85,24 +86,16 @@ def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10):
     rng = np.random.default_rng(seed)
     rnn = tg.Unroll(MGUCell(symbols, hidden, dtype=DTYPE))
     readout = nn.Linear(hidden, symbols, dtype=DTYPE)
-    params = rnn.parameters() + readout.parameters()
-    opt = Adam(params, lr=1e-2)
     gru_params = tg.GRUCell(symbols, hidden).num_parameters()
     print(f"MGU with {rnn.num_parameters()} parameters (a GRU of the same size has {gru_params})")
 
-    losses, start = [], time.perf_counter()
-    every = max(1, steps // 8)
-    for step in range(1, steps + 1):
+    def batch_loss():
         xs, targets, mask = echo_batch(rng, batch, T, symbols, delay)
         ys, _ = rnn(xs)                                       # many-to-many: every step's output
-        loss = F.cross_entropy(readout(ys), targets, mask=mask)
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % every == 0:
-            print(f"step {step:5d}  loss {np.mean(losses[-every:]):.4f}")
+        return F.cross_entropy(readout(ys), targets, mask=mask)
+
+    start = time.perf_counter()
+    losses, _ = fit(rnn.parameters() + readout.parameters(), batch_loss, steps, lr=1e-2)
     print(f"trained in {time.perf_counter() - start:.1f} s")
 
     with tg.no_grad():
@@ -118,6 +111,5 @@ def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10):
 
 
 if __name__ == "__main__":
-    from _common import parse_args
     args = parse_args(__doc__, steps=1000)
     main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)

@@ -61,7 +61,7 @@ def test_forward_nan_names_the_op_shapes_site_and_time_step():
     assert f"{HERE}:{line_of('PLANTED-LOG')}" in msg
     assert isinstance(e, RuntimeError) and isinstance(e, FloatingPointError)
     # The error escaped mid-unroll; the step it was at must not leak into later code.
-    assert autograd.scope == {} and not autograd.observing()
+    assert autograd.current_scope() == {} and not autograd.observing()
 
 
 class SignFlipCell(tg.Cell):

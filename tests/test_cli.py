@@ -1,9 +1,12 @@
 """The `tinygrad-rnn` train / sample / bench commands, run in-process on tiny budgets: the
 model learns, resume is bit-identical (also after Ctrl-C), a custom cell trains by import
-path, and bad input or checkpoints fail clearly."""
+path, bad input or checkpoints fail clearly, and the dispatcher imports only the subcommand
+asked for."""
 
 import json
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import pytest
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.cli import main
+from tinygrad_rnn.serialization import LegacyFormatWarning
 from tinygrad_rnn.training import corpus
 
 TINY = ["--hidden", "16", "--embed", "8", "--seq-len", "16", "--batch", "4", "--lr", "0.01",
@@ -63,7 +67,7 @@ def text_file(tmp_path_factory):
 
 
 def train(tmp_path, text_file, *extra, name="run"):
-    ckpt, metrics = tmp_path / f"{name}.npz", tmp_path / f"{name}.json"
+    ckpt, metrics = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
     code = main(["train", "--text", text_file, *TINY, "--checkpoint", str(ckpt),
                  "--metrics-out", str(metrics), *extra])
     return code, ckpt, (json.loads(metrics.read_text()) if metrics.exists() else None)
@@ -171,7 +175,7 @@ def test_divergence_stops_with_a_clear_error(tmp_path, text_file, capsys):
     ("nosuchmodule_xyz:Cell", "cannot import module 'nosuchmodule_xyz'"),
     (f"{__name__}:Missing", "has no attribute 'Missing'"),
     (f"{__name__}:NotACell", "is not a subclass of tinygrad_rnn.Cell"),
-    ("transformer", "expected rnn, lstm, gru or package.module:ClassName"),
+    ("transformer", "expected rnn, lstm, gru"),
 ])
 def test_bad_cell_spec(tmp_path, text_file, capsys, spec, message):
     code, _, _ = train(tmp_path, text_file, "--cell", spec, "--steps", "2")
@@ -215,14 +219,14 @@ def test_resume_errors(tmp_path, text_file, capsys):
     other.write_text(open(text_file, encoding="utf-8").read()[::-1])
     code = main(["train", "--resume", "--checkpoint", str(ckpt), "--text", str(other)])
     assert code == 2 and "--text" in capsys.readouterr().err
-    foreign = tmp_path / "foreign.npz"
+    foreign = tmp_path / "foreign.safetensors"
     tg.save({"model": {}}, foreign)
     code = main(["train", "--resume", "--checkpoint", str(foreign)])
     assert code == 2 and "not a language-model checkpoint" in capsys.readouterr().err
-    truncated = tmp_path / "truncated.npz"
+    truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
     code = main(["sample", "--checkpoint", str(truncated)])
-    assert code == 2 and "truncated.npz' is not a readable checkpoint" in capsys.readouterr().err
+    assert code == 2 and "truncated.safetensors' is not a readable checkpoint" in capsys.readouterr().err
 
 
 def test_mismatched_weights_in_a_checkpoint(tmp_path, text_file, capsys):
@@ -257,9 +261,78 @@ def test_sample_from_checkpoint(tmp_path, text_file, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
+def test_an_old_npz_checkpoint_still_samples_and_resumes(tmp_path, text_file, capsys):
+    """Checkpoints of earlier versions (.npz) load with a note on how to convert them."""
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "10")
+    assert code == 0
+    old = tmp_path / "old.npz"
+    with pytest.warns(LegacyFormatWarning):
+        tg.save(tg.load(ckpt), old)
+    capsys.readouterr()
+    args = ["--prime", "def ", "--length", "30", "--seed", "1"]
+    assert main(["sample", "--checkpoint", str(ckpt), *args]) == 0
+    from_safetensors = capsys.readouterr().out
+    with pytest.warns(LegacyFormatWarning, match=r"tg\.serialization\.convert"):
+        assert main(["sample", "--checkpoint", str(old), *args]) == 0
+    assert capsys.readouterr().out == from_safetensors
+    with pytest.warns(LegacyFormatWarning):
+        assert main(["train", "--resume", "--steps", "12", "--checkpoint", str(old), "--no-progress",
+                     "--eval-every", "0", "--sample-length", "0"]) == 0
+        assert tg.load(old)["trainer"]["step"] == 12
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "old.safetensors")]) == 2
+    assert f"'{old}' is an older checkpoint: pass --checkpoint {old}" in capsys.readouterr().err
+
+
 def test_bench_prints_a_row_per_cell(capsys):
     assert main(["bench", "--seq-len", "5", "--batch", "2", "--input", "3", "--hidden", "4",
                  "--repeats", "1"]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == ["rnn", "lstm", "gru"]
     assert main(["bench", "--cells", "lstm,transformer"]) == 2
+
+
+def run_python(code):
+    """A fresh interpreter, so that sys.modules shows what the command imported."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], set()),
+    (["--help"], set()),
+    (["train", "--help"], {"train"}),
+    (["sample", "--help"], {"sample"}),
+    (["gradflow", "--help"], {"gradflow"}),
+    (["bench", "--help"], {"bench"}),
+])
+def test_the_dispatcher_imports_only_the_requested_subcommand(argv, expected):
+    out = run_python(f"""
+import contextlib, io, sys
+from tinygrad_rnn.cli import SUBCOMMANDS, main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    try:
+        main({argv!r})
+    except SystemExit:
+        pass
+print(sorted(name for name in SUBCOMMANDS if "tinygrad_rnn.cli." + name in sys.modules))
+print(buf.getvalue())
+""")
+    loaded, _, help_text = out.partition("\n")
+    assert loaded == str(sorted(expected))
+    if "--help" in argv and argv[0] == "--help":
+        assert all(name in help_text for name in ("train", "sample", "gradflow", "bench"))
+    elif argv:
+        assert help_text.startswith(f"usage: tinygrad-rnn {argv[0]}") and "--" in help_text
+
+
+def test_python_dash_m_and_an_unknown_subcommand(capsys):
+    result = subprocess.run([sys.executable, "-m", "tinygrad_rnn", "bench", "--cells", "nope"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown cell(s) ['nope']" in result.stderr
+    assert main([]) == 2 and "COMMAND" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["transformer"])
+    assert exc.value.code == 2 and "invalid choice: 'transformer'" in capsys.readouterr().err

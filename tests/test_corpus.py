@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tinygrad_rnn.training import corpus as C
-from tinygrad_rnn.training.lm import Streams, TrainError
+from tinygrad_rnn.training.loop import Streams, TrainError
 
 
 def test_default_corpus_files_exist_and_the_split_is_by_file():

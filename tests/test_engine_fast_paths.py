@@ -5,7 +5,7 @@ oldest generation); inside an unroll, ``linear`` reuses one contiguous copy of e
 transpose. These tests pin down that the GC is left as it was found, that a program's own
 frozen objects stay frozen, that the copies never outlive the unroll or go stale, and that
 the multi-output bookkeeping of the walk (outputs nobody used) stays right; and that weight
-gradients deferred into one matrix product (``autograd.OuterProductSum``) are the same sums,
+gradients deferred into one matrix product (``engine.weight_grads.OuterProductSum``) are the same sums,
 with only arrays ever seen by hooks, ``retain_grad`` and observers.
 """
 
@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd, ops
+from tinygrad_rnn import autograd
+from tinygrad_rnn.engine import transposed, weight_grads
 from tinygrad_rnn.inspect import ledger
 
 
@@ -55,7 +56,7 @@ def test_gc_is_restored_when_the_cell_raises():
     with pytest.raises(ValueError, match="broken cell"):
         tg.Unroll(Broken())(tg.zeros(3, 2, 2))
     assert gc.isenabled()
-    assert getattr(ops._unroll, "transposed", None) is None      # no cache left behind
+    assert getattr(transposed._state, "cache", None) is None      # no cache left behind
 
 
 def test_the_new_tape_is_not_left_for_a_young_generation_scan():
@@ -103,7 +104,7 @@ def test_linear_gives_the_same_numbers_inside_and_outside_the_block(dtype):
     W = tg.Tensor(rng.standard_normal((9, 7)).astype(dtype), requires_grad=True)
     b = tg.Tensor(rng.standard_normal(9).astype(dtype), requires_grad=True)
     outside = tg.linear(x, W, b).data
-    with ops.reuse_transposed_weights():
+    with transposed.reuse_transposed_weights():
         first = tg.linear(x, W, b).data
         second = tg.linear(x, W, b).data           # the cached contiguous transpose
     rtol = 1e-6 if dtype == np.float32 else 1e-13
@@ -114,17 +115,17 @@ def test_linear_gives_the_same_numbers_inside_and_outside_the_block(dtype):
 
 def test_the_copy_is_made_at_the_second_use_and_dropped_with_the_block():
     w = np.arange(12.0).reshape(3, 4)
-    with ops.reuse_transposed_weights():
-        first = ops._transposed(w)
+    with transposed.reuse_transposed_weights():
+        first = transposed.transposed(w)
         assert np.shares_memory(first, w)          # used once: no copy
-        second = ops._transposed(w)
+        second = transposed.transposed(w)
         assert not np.shares_memory(second, w) and second.flags.c_contiguous
         np.testing.assert_array_equal(second, w.T)
-        with ops.reuse_transposed_weights():       # a nested unroll shares the outer copies
-            assert ops._transposed(w) is second
-        assert ops._transposed(w) is second        # ... and does not drop them on exit
-    assert getattr(ops._unroll, "transposed", None) is None
-    assert np.shares_memory(ops._transposed(w), w)
+        with transposed.reuse_transposed_weights():       # a nested unroll shares the outer copies
+            assert transposed.transposed(w) is second
+        assert transposed.transposed(w) is second        # ... and does not drop them on exit
+    assert getattr(transposed._state, "cache", None) is None
+    assert np.shares_memory(transposed.transposed(w), w)
 
 
 def test_a_weight_changed_in_place_between_unrolls_is_seen():
@@ -202,12 +203,12 @@ def test_observers_see_only_the_outputs_that_were_reached():
 def _deferring(everything):
     """Defer every weight gradient (``everything``), or none: the tests' sizes are below the
     work threshold, and both ways must give the same numbers."""
-    before = ops.DEFER_WEIGHT_GRAD_MIN_WORK
-    ops.DEFER_WEIGHT_GRAD_MIN_WORK = 0 if everything else np.inf
+    before = weight_grads.DEFER_WEIGHT_GRAD_MIN_WORK
+    weight_grads.DEFER_WEIGHT_GRAD_MIN_WORK = 0 if everything else np.inf
     try:
         yield
     finally:
-        ops.DEFER_WEIGHT_GRAD_MIN_WORK = before
+        weight_grads.DEFER_WEIGHT_GRAD_MIN_WORK = before
 
 
 def _shared_weight_loss(T, B, I, H, seed, dtype=np.float64, matmuls=True):
@@ -251,9 +252,9 @@ def test_deferred_weight_gradients_equal_the_per_use_sums(T, B, I, H, seed, matm
 
 def test_only_products_above_the_work_threshold_are_deferred():
     small, big = np.ones((2, 3)), np.ones((64, 64))
-    assert type(ops._weight_grad(small, small)) is np.ndarray
-    lazy = ops._weight_grad(big, big)
-    assert type(lazy) is autograd.OuterProductSum     # 64**3 multiply-adds: one stacked GEMM
+    assert type(weight_grads.weight_grad(small, small)) is np.ndarray
+    lazy = weight_grads.weight_grad(big, big)
+    assert type(lazy) is weight_grads.OuterProductSum     # 64**3 multiply-adds: one stacked GEMM
     np.testing.assert_array_equal(lazy.materialize(), np.full((64, 64), 64.0))
 
 
@@ -383,7 +384,7 @@ def test_outer_product_sum_adds_like_the_array_it_stands_for():
     terms = [(rng.standard_normal((3, 4)), rng.standard_normal((3, 2))) for _ in range(3000)]
     total = None
     for a, b in terms:                             # a 3000-deep tree: no recursion limit
-        s = autograd.OuterProductSum(a, b)
+        s = weight_grads.OuterProductSum(a, b)
         total = s if total is None else total + s
     expected = sum(a.T @ b for a, b in terms)
     assert total.shape == (4, 2) and total.dtype == np.float64
@@ -393,4 +394,41 @@ def test_outer_product_sum_adds_like_the_array_it_stands_for():
     np.testing.assert_allclose(total + other, other + expected, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(total), expected, rtol=1e-10)
     with pytest.raises(tg.ShapeError, match=r"\(4, 2\) and \(2, 4\)"):
-        total + autograd.OuterProductSum(rng.standard_normal((3, 2)), rng.standard_normal((3, 4)))
+        total + weight_grads.OuterProductSum(rng.standard_normal((3, 2)), rng.standard_normal((3, 4)))
+
+
+# --- fast_apply and fast_sequence, alone ----------------------------------------------------
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True), (False, False)])
+@pytest.mark.parametrize("grad_on", [True, False])
+def test_fast_apply_records_exactly_what_apply_records(needs, grad_on):
+    from tinygrad_rnn import ops
+    from tinygrad_rnn.engine.fast_apply import apply_binary, apply_unary
+    rng = np.random.default_rng(8)
+    a = tg.Tensor(rng.standard_normal((2, 3)), requires_grad=needs[0])
+    b = tg.Tensor(rng.standard_normal((1, 3)), requires_grad=needs[1])
+    mode = contextlib.nullcontext() if grad_on else tg.no_grad()
+    with mode:
+        pairs = [(apply_binary(ops.Mul, a, b), ops.Mul.apply(a, b)),
+                 (apply_unary(ops.Tanh, a), ops.Tanh.apply(a))]
+    for fast, slow in pairs:
+        assert type(fast) is type(slow) is tg.Tensor
+        np.testing.assert_array_equal(fast.data, slow.data)
+        assert fast.requires_grad == slow.requires_grad
+        assert (fast._ctx is None) == (slow._ctx is None)
+        if fast._ctx is not None:
+            assert fast._ctx.needs_input_grad == slow._ctx.needs_input_grad
+            assert fast._ctx.parents == slow._ctx.parents
+            assert fast._ctx.seq < slow._ctx.seq            # numbered in creation order
+
+
+def test_fast_sequence_undoes_everything_when_the_block_raises():
+    from tinygrad_rnn.engine import fast_sequence, malloc
+    assert gc.isenabled()
+    with pytest.raises(KeyError), fast_sequence():
+        assert not gc.isenabled()
+        assert getattr(transposed._state, "cache", None) == {}
+        raise KeyError("inside")
+    assert gc.isenabled()
+    assert getattr(transposed._state, "cache", None) is None
+    assert malloc.state["done"]

@@ -120,7 +120,7 @@ def test_reverse_batch_targets_are_the_reversed_source():
 
 def test_seq2seq_learns_beyond_chance(tmp_path):
     r = load("04_seq2seq_reverse").main(steps=150, seed=0, quick=True, out_dir=str(tmp_path))
-    assert (tmp_path / "seq2seq_reverse.npz").is_file()        # evaluated from the reloaded copy
+    assert (tmp_path / "seq2seq_reverse.safetensors").is_file()        # evaluated from the reloaded copy
     assert r["loss_last"] < 0.7 * r["loss_first"]
     assert r["token_accuracy"] > 3 / 11                       # chance is 1/11 per token
     assert r["accuracy_by_length"][1] > 0.5                    # one digit: nearly solved already

@@ -307,7 +307,7 @@ def test_cli_compares_trained_and_fresh_weights_from_a_checkpoint(tmp_path, caps
     tg.manual_seed(0)
     trained = tg.Unroll(tg.Stack([tg.GRUCell(3, 4), tg.GRUCell(4, 4)]))
     set_spectral_radius(trained.cell, 0.2)             # "training" that shrank W_hh
-    path = tmp_path / "model.npz"
+    path = tmp_path / "model.safetensors"
     tg.save({"model": trained.state_dict(), "step": 10}, path)
     code, out, _ = run_cli(["--checkpoint", str(path), "--steps", "8", "--batch", "2", "--no-plot"],
                            capsys)
@@ -317,6 +317,6 @@ def test_cli_compares_trained_and_fresh_weights_from_a_checkpoint(tmp_path, caps
     row8 = [line for line in out.splitlines() if line.split() and line.split()[0] == "8"][0].split()
     assert float(row8[1]) < float(row8[3])              # the shrunken weights pass less back
 
-    tg.save({"model": {"readout.weight": np.ones((2, 2))}}, tmp_path / "no_rnn.npz")
-    code, _, err = run_cli(["--checkpoint", str(tmp_path / "no_rnn.npz"), "--no-plot"], capsys)
+    tg.save({"model": {"readout.weight": np.ones((2, 2))}}, tmp_path / "no_rnn.safetensors")
+    code, _, err = run_cli(["--checkpoint", str(tmp_path / "no_rnn.safetensors"), "--no-plot"], capsys)
     assert code == 2 and "no key ending in 'weight_hh'" in err

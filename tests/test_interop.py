@@ -3,6 +3,7 @@ gradients (inputs and every weight) as torch in float64, over the whole configur
 of torch.nn.RNN/LSTM/GRU, with and without packed variable lengths; cells likewise."""
 
 import itertools
+import json
 import zlib
 
 import numpy as np
@@ -230,3 +231,114 @@ def test_interop_errors():
 
 def test_interop_lazily_reachable_from_package():
     assert tg.interop.from_torch is interop.from_torch
+
+
+# --- files torch loads directly (state_dict_for_torch / save_for_torch) -------------------------
+
+TORCH_LAYERS = {"lstm": (tg.LSTMCell, {}, "LSTM"), "gru": (tg.GRUCell, {}, "GRU"),
+                "rnn_tanh": (tg.RNNCell, {"nonlinearity": "tanh"}, "RNN"),
+                "rnn_relu": (tg.RNNCell, {"nonlinearity": "relu"}, "RNN")}
+
+
+def _our_model(mode, num_layers, wrap, bias, dtype):
+    cls, extra, _ = TORCH_LAYERS[mode]
+    cells = [cls(3 if k == 0 else 5, 5, bias=bias, dtype=dtype, **extra) for k in range(num_layers)]
+    if wrap == "stack":
+        return tg.Unroll(tg.Stack(cells))
+    assert num_layers == 1
+    return tg.Unroll(cells[0])
+
+
+@pytest.mark.parametrize("mode, num_layers, wrap, bias, dtype", [
+    ("lstm", 1, "cell", True, np.float64), ("lstm", 2, "stack", True, np.float64),
+    ("lstm", 1, "stack", False, np.float32), ("gru", 1, "cell", True, np.float64),
+    ("gru", 2, "stack", True, np.float32), ("rnn_tanh", 1, "cell", True, np.float64),
+    ("rnn_tanh", 2, "stack", False, np.float64), ("rnn_relu", 2, "stack", True, np.float64)])
+def test_torch_loads_our_file_into_its_layer_with_the_same_outputs(tmp_path, mode, num_layers, wrap,
+                                                                     bias, dtype):
+    st_torch = pytest.importorskip("safetensors.torch")
+    tg.manual_seed(num_layers)
+    ours = _our_model(mode, num_layers, wrap, bias, dtype)
+    path = interop.save_for_torch(ours, tmp_path / "weights.safetensors")
+    name, kwargs = interop.torch_config(ours)
+    assert name == TORCH_LAYERS[mode][2] and kwargs["num_layers"] == num_layers
+    theirs = getattr(torch.nn, name)(**kwargs, dtype=getattr(torch, np.dtype(dtype).name))
+    theirs.load_state_dict(st_torch.load_file(str(path)))           # strict: every name matches
+
+    xs = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(dtype)
+    ys, state = ours(Tensor(xs))
+    with torch.no_grad():
+        y_torch, h_torch = theirs(torch.from_numpy(xs))
+    tol = TOL if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ys.data, y_torch.numpy(), **tol)
+    layer_states = state if wrap == "stack" else (state,)
+    h_last = [s[0] if mode == "lstm" else s for s in layer_states]
+    h_torch = h_torch[0] if mode == "lstm" else h_torch
+    np.testing.assert_allclose(np.stack([h.data for h in h_last]), h_torch.numpy(), **tol)
+
+
+def test_the_file_carries_torch_names_dtypes_and_its_config(tmp_path):
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    from safetensors import safe_open
+    ours = tg.Unroll(tg.Stack([tg.GRUCell(3, 4, dtype=np.float32), tg.GRUCell(4, 4, dtype=np.float32)],
+                              dropout=0.25))
+    path = interop.save_for_torch(ours, tmp_path / "gru.safetensors")
+    tensors = st_numpy.load_file(str(path))
+    assert list(tensors) == sorted(interop.state_dict_for_torch(ours))
+    assert all(a.dtype == np.float32 for a in tensors.values())
+    np.testing.assert_array_equal(tensors["weight_hh_l1"], ours.cell.cells[1].weight_hh.data)
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+    assert meta["torch_module"] == "torch.nn.GRU"
+    assert json.loads(meta["torch_kwargs"]) == {"input_size": 3, "hidden_size": 4, "num_layers": 2,
+                                                "dropout": 0.25, "bias": True}
+    flat = tg.load(path)                                  # tg.load reads it too, as a flat dict
+    np.testing.assert_array_equal(flat["bias_ih_l0"], ours.cell.cells[0].bias_ih.data)
+
+
+def test_a_bare_cell_and_a_torch_rnn_map_to_torch_names(tmp_path):
+    st_torch = pytest.importorskip("safetensors.torch")
+    cell = tg.LSTMCell(3, 4)
+    path = interop.save_for_torch(cell, tmp_path / "cell.safetensors")
+    theirs = torch.nn.LSTMCell(3, 4, dtype=torch.float64)
+    theirs.load_state_dict(st_torch.load_file(str(path)))
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    h, (h2, c2) = cell(Tensor(x), cell.init_state(2))
+    with torch.no_grad():
+        h_t, c_t = theirs(torch.from_numpy(x))
+    np.testing.assert_allclose(h.data, h_t.numpy(), **TOL)
+    np.testing.assert_allclose(c2.data, c_t.numpy(), **TOL)
+
+    bi = interop.from_torch(torch.nn.GRU(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64))
+    names = list(interop.state_dict_for_torch(bi))
+    assert names == list(interop.to_torch(bi).state_dict())      # weight_ih_l0, ..._l1_reverse
+    assert interop.torch_config(bi) == ("GRU", {"input_size": 3, "hidden_size": 4, "num_layers": 2,
+                                                "bias": True, "batch_first": False,
+                                                "bidirectional": True})
+
+
+class LeakyCell(tg.Cell):
+    """h_t = h_{t-1} / 2 + x_t: a cell torch has no layer for."""
+
+    input_size = hidden_size = 4
+
+    def init_state(self, batch_size):
+        return tg.zeros(batch_size, 4)
+
+    def forward(self, x, h):
+        h = h * 0.5 + x
+        return h, h
+
+
+def test_models_torch_cannot_express_are_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"layer 1 \(GRUCell.*differs from layer 0 \(LSTMCell"):
+        interop.state_dict_for_torch(tg.Unroll(tg.Stack([tg.LSTMCell(3, 4), tg.GRUCell(4, 4)])))
+    with pytest.raises(ValueError, match="layer 1 .*relu.*differs"):
+        interop.state_dict_for_torch(tg.Stack([tg.RNNCell(3, 4), tg.RNNCell(4, 4, nonlinearity="relu")]))
+    with pytest.raises(ValueError, match="learned initial state"):
+        interop.state_dict_for_torch(tg.Unroll(tg.GRUCell(3, 4, learn_init=True)))
+    with pytest.raises(TypeError, match="layer 1 is a LeakyCell"):
+        interop.state_dict_for_torch(tg.Unroll(tg.Stack([tg.GRUCell(3, 4), LeakyCell()])))
+    with pytest.raises(TypeError, match="got Unroll of LeakyCell"):
+        interop.save_for_torch(tg.Unroll(LeakyCell()), tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

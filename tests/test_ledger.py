@@ -164,14 +164,13 @@ def test_without_params_every_leaf_is_tracked_and_misuse_is_explained():
 
 
 def test_unroll_tells_nobody_about_steps_when_nobody_listens(monkeypatch):
-    import tinygrad_rnn.rnn.unroll as unroll_module
-
     def fail(*args):
-        raise AssertionError("_notify_step called without observers")
-    monkeypatch.setattr(unroll_module, "_notify_step", fail)
+        raise AssertionError("on_step called outside a ledger block")
+    monkeypatch.setattr(ledger, "on_step", fail)
     rnn, _ = model("stack")
+    led = ledger(rnn)                           # made, but not entered: nobody listens
     ys, _ = rnn(data()[0])
     ys.sum().backward()
-    assert tg.autograd.scope == {}
-    with pytest.raises(AssertionError, match="without observers"), ledger(rnn):
+    assert tg.autograd.current_scope() == {} and not tg.autograd.observing()
+    with pytest.raises(AssertionError, match="outside a ledger block"), led:
         rnn(data()[0])                        # with a listener, the notification does happen

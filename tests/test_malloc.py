@@ -1,5 +1,5 @@
 """The first Unroll or backward keeps glibc from trimming the heap after every backward
-(_malloc.py)."""
+(engine/malloc.py)."""
 
 import json
 import os
@@ -18,7 +18,7 @@ _PROBE = r"""
 import json, resource
 import numpy as np
 import tinygrad_rnn as tg
-from tinygrad_rnn import _malloc
+from tinygrad_rnn.engine import malloc as _malloc
 
 def rss_mb():
     with open("/proc/self/statm") as f:

@@ -262,3 +262,14 @@ def test_cells_use_pytorch_init(cell_cls, gates):
         assert np.abs(p.data).max() > 0.9 * k            # fills the range, not a narrower one
         assert abs(p.data.mean()) < 0.2 * k
     assert all(np.all(s.data == 0) for s in tg.rnn.cell.tree_leaves(cell.init_state(2)))
+
+
+def test_fork_rng_draws_from_its_seed_and_leaves_the_outer_stream_untouched():
+    tg.manual_seed(7)
+    expected_outer = np.random.default_rng(7).uniform(size=3)
+    with nn.init.fork_rng(1):
+        inside = nn.init.rng().uniform(size=3)
+    np.testing.assert_array_equal(inside, np.random.default_rng(1).uniform(size=3))
+    with pytest.raises(RuntimeError), nn.init.fork_rng(2):
+        raise RuntimeError("the generator comes back on errors too")
+    np.testing.assert_array_equal(nn.init.rng().uniform(size=3), expected_outer)

@@ -218,11 +218,11 @@ def test_state_dict_round_trip_continues_identically(make, tmp_path):
         for p in pa:
             p.grad = rng.standard_normal(p.shape)
         a.step()
-    tg.save({"opt": a.state_dict()}, tmp_path / "o.npz")
+    tg.save({"opt": a.state_dict()}, tmp_path / "o.safetensors")
     pb = [param(p.data) for p in pa]
     b = make(pb)
     b.lr = 123.0                         # the saved hyperparameters win
-    b.load_state_dict(tg.load(tmp_path / "o.npz")["opt"])
+    b.load_state_dict(tg.load(tmp_path / "o.safetensors")["opt"])
     assert b.lr == 0.05 and b.step_count == 3
     for _ in range(2):
         grads = [rng.standard_normal(p.shape) for p in pa]

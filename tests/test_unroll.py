@@ -393,3 +393,13 @@ def test_unroll_uses_forward_sequence_unless_observed(rng):
     np.testing.assert_allclose(ys_obs.data, ys.data, rtol=1e-12)
     ys_bf, _ = tg.Unroll(cell, batch_first=True)(xs.transpose(1, 0, 2))
     assert ys_bf.shape == (2, 6, 4)
+
+
+def test_same_structure_compares_shapes_unless_told_not_to():
+    from tinygrad_rnn.rnn.cell import same_structure
+    lstm = tg.LSTMCell(2, 3)
+    assert same_structure(lstm.init_state(2), lstm.init_state(2))
+    assert not same_structure(lstm.init_state(2), lstm.init_state(3))
+    assert same_structure(lstm.init_state(2), lstm.init_state(3), shapes=False)
+    assert not same_structure(lstm.init_state(2), tg.RNNCell(2, 3).init_state(2), shapes=False)
+    assert not same_structure((tg.zeros(1),), (np.zeros(1),), shapes=False)

@@ -14,10 +14,27 @@ State formats. A layer model's state is a tuple over layers of each layer's stat
 
 torch keeps ``h`` (and ``c``) as one (num_layers * num_directions, B, H) tensor, layer-major
 (``l0, l0_reverse, l1, ...``); ``to_torch_state`` / ``from_torch_state`` convert.
+
+Files for torch. ``state_dict_for_torch(model)`` gives the ``{name: array}`` that
+``torch.nn.RNN`` / ``LSTM`` / ``GRU`` (or ``RNNCell`` / ``LSTMCell`` / ``GRUCell``) accepts
+in ``load_state_dict``, and ``save_for_torch(model, path)`` writes it as a safetensors file,
+so that torch needs nothing of ours::
+
+    tg.interop.save_for_torch(tg.Unroll(tg.Stack([tg.LSTMCell(8, 32), tg.LSTMCell(32, 32)])),
+                              "lstm.safetensors")
+    # in a torch program:
+    lstm = torch.nn.LSTM(8, 32, num_layers=2, dtype=torch.float64)
+    lstm.load_state_dict(safetensors.torch.load_file("lstm.safetensors"))
+
+``torch_config(model)`` names the torch class and its arguments (the file's metadata keeps
+them too). Torch itself is not needed for any of the three.
 """
+
+import json
 
 import numpy as np
 
+from . import serialization
 from .autograd import ShapeError
 from .nn.layers import Dropout
 from .nn.module import Module
@@ -276,3 +293,96 @@ def to_torch(model):
 
 def _torch_dtype(torch, dtype):
     return torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+
+
+# --- files torch loads directly ------------------------------------------------------------
+
+_TORCH_LAYER = {LSTMCell: "LSTM", GRUCell: "GRU", RNNCell: "RNN"}
+
+
+def _torch_layout(model):
+    """(torch class name, its keyword arguments, {torch name: our Parameter}) for ``model``;
+    a clear error when torch has no equivalent."""
+    if isinstance(model, TorchRNN):
+        kwargs = {"input_size": model.input_size, "hidden_size": model.hidden_size,
+                  "num_layers": model.num_layers, "bias": model.bias,
+                  "batch_first": model.batch_first, "bidirectional": model.bidirectional}
+        name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(model.mode, model.mode)
+        if name == "RNN":
+            kwargs["nonlinearity"] = "relu" if model.mode == "RNN_RELU" else "tanh"
+        return name, kwargs, model.torch_parameters()
+    if type(model) in _TORCH_LAYER:              # a bare cell: torch's RNNCell/LSTMCell/GRUCell
+        cells, suffix = [model], ""
+        name = _TORCH_LAYER[type(model)] + "Cell"
+        kwargs = {}
+    else:
+        cell = model.cell if isinstance(model, Unroll) else model
+        if isinstance(cell, Stack):
+            cells, kwargs = list(cell.cells), {"num_layers": len(cell.cells), "dropout": cell.dropout.p}
+        elif type(cell) in _TORCH_LAYER:
+            cells, kwargs = [cell], {"num_layers": 1}
+        else:
+            raise TypeError(f"state_dict_for_torch: expected an RNNCell/LSTMCell/GRUCell, a Stack or "
+                            f"an Unroll of those, or a TorchRNN; got {type(model).__name__}"
+                            + (f" of {type(cell).__name__}" if cell is not model else ""))
+        if isinstance(model, Unroll) and model.batch_first:
+            kwargs["batch_first"] = True
+        name, suffix = _TORCH_LAYER.get(type(cells[0])), "_l{k}"
+    first = cells[0]
+    for k, c in enumerate(cells):
+        if type(c) not in _TORCH_LAYER:
+            raise TypeError(f"state_dict_for_torch: layer {k} is a {type(c).__name__}; torch's "
+                            "recurrent layers are made of RNNCell, LSTMCell or GRUCell only")
+        if type(c) is not type(first) or c.hidden_size != first.hidden_size or \
+                (c.bias_ih is None) != (first.bias_ih is None) or \
+                getattr(c, "nonlinearity", None) != getattr(first, "nonlinearity", None):
+            raise ValueError(f"state_dict_for_torch: layer {k} ({_describe_cell(c)}) differs from "
+                             f"layer 0 ({_describe_cell(first)}); torch.nn.{name} needs every layer "
+                             "alike")
+        if c.initial_state is not None:
+            raise ValueError(f"state_dict_for_torch: layer {k} has a learned initial state "
+                             "(learn_init=True), which torch's recurrent layers do not have")
+    kwargs = {"input_size": first.input_size, "hidden_size": first.hidden_size, **kwargs,
+              "bias": first.bias_ih is not None}
+    if isinstance(first, RNNCell):
+        kwargs["nonlinearity"] = first.nonlinearity
+    params = {}
+    for k, c in enumerate(cells):
+        for w in _WEIGHTS:
+            if getattr(c, w) is not None:
+                params[w + suffix.format(k=k)] = getattr(c, w)
+    return name, kwargs, params
+
+
+def _describe_cell(c):
+    extra = f", {c.nonlinearity}" if isinstance(c, RNNCell) else ""
+    return f"{type(c).__name__}(hidden {c.hidden_size}, bias={c.bias_ih is not None}{extra})"
+
+
+def torch_config(model):
+    """``(class name, kwargs)`` of the torch module that ``state_dict_for_torch(model)`` fits:
+    ``getattr(torch.nn, name)(**kwargs)``; e.g. ``("LSTM", {"input_size": 8, "hidden_size":
+    32, "num_layers": 2, "dropout": 0.0, "bias": True})``."""
+    name, kwargs, _ = _torch_layout(model)
+    return name, kwargs
+
+
+def state_dict_for_torch(model):
+    """``{torch parameter name: numpy array (a copy)}`` for ``model``, in torch's names and
+    layouts: ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..._l1`` for an ``Unroll`` of
+    a cell or of a ``Stack`` (or a ``Stack`` itself), ``..._reverse`` for a bidirectional
+    `TorchRNN`, and ``weight_ih, ...`` for a bare cell (torch's ``LSTMCell`` etc.). The
+    dtype is kept; torch's ``load_state_dict`` casts to the module's dtype."""
+    _, _, params = _torch_layout(model)
+    return {name: np.array(p.data, order="C", copy=True) for name, p in params.items()}
+
+
+def save_for_torch(model, path):
+    """Write ``state_dict_for_torch(model)`` to ``path`` as safetensors (atomically), for
+    ``torch_module.load_state_dict(safetensors.torch.load_file(path))``. The metadata records
+    the torch class and arguments (``torch_module``, ``torch_kwargs`` as JSON). Returns path."""
+    name, kwargs, _ = _torch_layout(model)
+    tensors = state_dict_for_torch(model)
+    metadata = {"format": "pt", "torch_module": f"torch.nn.{name}", "torch_kwargs": json.dumps(kwargs)}
+    serialization.save_flat(tensors, path, metadata=metadata, who="save_for_torch")
+    return path

@@ -1,19 +1,22 @@
 """The op catalogue: each primitive is one `Function`, its forward beside its backward.
 
-Forward receives numpy arrays and returns one; backward receives the output gradient and
-returns one gradient per input, reduced to that input's shape (``unbroadcast``). Anything
-not here (``mean``, ``chunk``, ``split``, ``softmax`` composites, subtraction of a scalar,
-...) is built from these in tensor.py and gets its gradient for free.
-"""
+Forward receives numpy arrays and returns one (or a tuple: ``Split``, ``Unbind``); backward
+receives the output gradient and returns one gradient per input, reduced to that input's shape
+(``unbroadcast``). ``Softmax`` and ``LogSoftmax`` are primitives too, for a stable forward and
+a one-line backward. What is not here (``mean``, ``chunk``, subtraction of a scalar, ...) is
+built from these in tensor.py and gets its gradient for free.
 
-import contextlib
-import threading
-import weakref
+An op whose inputs can be wrong says how in ``input_problem``, asked only after its forward
+failed (see `Function.input_problem`): a failure the inputs explain becomes a ``ShapeError``
+naming the op and the shapes; any other is a bug and surfaces as itself.
+"""
 
 import numpy as np
 
 from . import kernels
-from .autograd import Function, OuterProductSum
+from .autograd import Function, ShapeError
+from .engine.transposed import transposed
+from .engine.weight_grads import weight_grad
 
 
 def unbroadcast(grad, shape):
@@ -29,14 +32,21 @@ def unbroadcast(grad, shape):
     return grad
 
 
+def _broadcast_problem(*shapes):
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        return (f"shapes {' and '.join(map(str, shapes))} cannot be broadcast together "
+                "(numpy rule: aligned from the right, each dimension equal or 1)")
+    return None
+
+
 class _Binary(Function):
     """Elementwise op of two broadcastable inputs."""
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        a, b = arrays
-        return (f"{cls.op_name()}: shapes {a.shape} and {b.shape} cannot be broadcast together "
-                "(numpy rule: aligned from the right, each dimension equal or 1)")
+    def input_problem(cls, a, b):
+        return _broadcast_problem(a.shape, b.shape)
 
 
 # --- arithmetic ----------------------------------------------------------------------------
@@ -111,35 +121,22 @@ class Neg(Function):
         return (-g,)
 
 
-# Below this many multiply-adds per use (K * M * N), a weight's product is cheaper to do at
-# once than to defer: the bookkeeping and the final stacking cost more than the small GEMMs
-# (measured: the LSTM at B=8, T=2000 ~4% slower deferred; at B=64, H=512 5-8% faster).
-DEFER_WEIGHT_GRAD_MIN_WORK = 2 ** 18
-
-
-def _weight_grad(a, b):
-    """``a.T @ b`` (a (K, M), b (K, N)): the gradient of a weight, one term of its sum over uses."""
-    if a.shape[0] * a.shape[1] * b.shape[1] < DEFER_WEIGHT_GRAD_MIN_WORK:
-        return a.T @ b
-    return OuterProductSum(a, b)
-
-
 class MatMul(Function):
     """``a @ b`` with numpy semantics: 2-D, 1-D operands, and batched (..., n, k) @ (..., k, m)."""
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        a, b = arrays
+    def input_problem(cls, a, b):
         if a.ndim == 0 or b.ndim == 0:
-            return f"matmul: shapes {a.shape} and {b.shape}: matmul needs at least 1-D operands"
+            return f"shapes {a.shape} and {b.shape}: matmul needs at least 1-D operands"
         ka = a.shape[-1]
         kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
         if ka != kb:
             dim_b = 0 if b.ndim == 1 else b.ndim - 2
-            return (f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
+            return (f"shapes {a.shape} and {b.shape} are not aligned: "
                     f"{ka} (dim {a.ndim - 1}) != {kb} (dim {dim_b})")
-        return (f"matmul: batch dimensions of shapes {a.shape} and {b.shape} cannot be "
-                "broadcast together")
+        if _broadcast_problem(a.shape[:-2], b.shape[:-2]):
+            return f"batch dimensions of shapes {a.shape} and {b.shape} cannot be broadcast together"
+        return None
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -149,11 +146,11 @@ class MatMul(Function):
         a, b = self.a, self.b
         need_a, need_b = self.needs_input_grad
         if a.ndim == 2 and b.ndim == 2:
-            return (g @ b.T if need_a else None, _weight_grad(a, g) if need_b else None)
+            return (g @ b.T if need_a else None, weight_grad(a, g) if need_b else None)
         if b.ndim == 2 and a.ndim > 2:
             # (..., n, k) @ (k, m): fold the batch into rows so gb is one BLAS call.
             ga = g @ b.T if need_a else None
-            gb = _weight_grad(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])) if need_b else None
+            gb = weight_grad(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])) if need_b else None
             return ga, gb
         # General case: lift 1-D operands to matrices, then reduce the broadcast batch dims.
         a2 = a[None, :] if a.ndim == 1 else a
@@ -172,62 +169,19 @@ class MatMul(Function):
         return ga, gb
 
 
-_unroll = threading.local()     # .transposed: id(W) -> (weakref to W, W.T as a C array or None)
-
-
-@contextlib.contextmanager
-def reuse_transposed_weights():
-    """Inside this block ``linear`` makes each weight's transpose contiguous once and reuses it.
-
-    ``x @ W.T`` hands BLAS a transposed view of W, and OpenBLAS's sgemm runs that 20-45%
-    slower than the same product with a contiguous ``W.T`` at RNN sizes (B, I, 4H) =
-    (32, 64, 512) .. (64, 512, 2048); see benchmarks/README.md. An unroll uses the same W
-    at every step, so one copy per sequence pays for itself (made at a weight's second use:
-    an array used once, e.g. a weight computed afresh each step, is never copied). Unroll
-    wraps its loop in this; weights must not change in place inside the block (nothing but
-    the cell runs there).
-    """
-    outer = getattr(_unroll, "transposed", None)
-    if outer is None:
-        _unroll.transposed = {}
-    try:
-        yield
-    finally:
-        if outer is None:
-            _unroll.transposed = None       # drop the copies with the unroll
-
-
-def _transposed(w):
-    """``w.T``: inside reuse_transposed_weights a cached contiguous copy, else the view."""
-    cache = getattr(_unroll, "transposed", None)
-    if cache is None:
-        return w.T
-    entry = cache.get(id(w))
-    if entry is None or entry[0]() is not w:          # first use (or a dead array's id)
-        cache[id(w)] = (weakref.ref(w), None)
-        return w.T
-    if entry[1] is None:                               # second use: now the copy pays
-        entry = cache[id(w)] = (entry[0], np.ascontiguousarray(w.T))
-    return entry[1]
-
-
 class Linear(Function):
     """``x @ W.T + b`` (PyTorch's ``F.linear``): one node instead of three, since every
     recurrent step does it twice. x (..., I), W (O, I), b (O,)."""
 
-    @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        x, w = arrays[0], arrays[1]
-        b = f" and bias {arrays[2].shape}" if len(arrays) > 2 else ""
-        return (f"linear: input of shape {x.shape} does not fit weight of shape {w.shape}{b}: "
-                f"expected input (..., {w.shape[-1] if w.ndim else '?'}), weight (out, in), "
-                "bias (out,)")
-
     def forward(self, x, w, b=None):
+        # Checked before computing: a bias of shape (1,) would broadcast silently.
         if w.ndim != 2 or x.shape[-1:] != w.shape[1:] or (b is not None and b.shape != w.shape[:1]):
-            raise ValueError("shape mismatch")
+            bias = "" if b is None else f" and bias {b.shape}"
+            raise ShapeError(f"linear: input of shape {x.shape} does not fit weight of shape "
+                             f"{w.shape}{bias}: expected input (..., {w.shape[-1] if w.ndim else '?'}),"
+                             " weight (out, in), bias (out,)")
         self.x, self.w = x, w
-        out = x @ _transposed(w)
+        out = x @ transposed(w)     # inside an Unroll, a contiguous copy: engine/transposed.py
         if b is not None:
             out += b
         return out
@@ -237,7 +191,7 @@ class Linear(Function):
         need = self.needs_input_grad
         gx = g @ w if need[0] else None
         g2 = g.reshape(-1, g.shape[-1])
-        gw = _weight_grad(g2, x.reshape(-1, x.shape[-1])) if need[1] else None
+        gw = weight_grad(g2, x.reshape(-1, x.shape[-1])) if need[1] else None
         if len(need) > 2:
             return gx, gw, (g2.sum(axis=0) if need[2] else None)
         return gx, gw
@@ -316,10 +270,22 @@ def _normalize_axis(axis, ndim):
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for ax in axes:
+        if not isinstance(ax, (int, np.integer)):
+            raise TypeError(f"axis {ax!r} is not an integer")
         if not -ndim <= ax < max(ndim, 1):
             raise ValueError(f"axis {ax} is out of bounds for an array of dimension {ndim}")
         out.append(int(ax) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis {axis} repeats an axis")
     return tuple(out)
+
+
+def _reduction_problem(a, axis):
+    try:
+        _normalize_axis(axis, a.ndim)
+    except (TypeError, ValueError) as exc:
+        return f"cannot reduce shape {a.shape} over axis={axis}: {exc}"
+    return None
 
 
 def _expand_reduced(g, shape, axes, keepdims):
@@ -331,8 +297,8 @@ def _expand_reduced(g, shape, axes, keepdims):
 
 class Sum(Function):
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return f"sum: cannot reduce shape {arrays[0].shape} over axis={attrs.get('axis')}: {exc}"
+    def input_problem(cls, a, axis=None, keepdims=False):
+        return _reduction_problem(a, axis)
 
     def forward(self, a, axis=None, keepdims=False):
         self.shape = a.shape
@@ -347,8 +313,8 @@ class Sum(Function):
 
 class Max(Function):
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return f"max: cannot reduce shape {arrays[0].shape} over axis={attrs.get('axis')}: {exc}"
+    def input_problem(cls, a, axis=None, keepdims=False):
+        return _reduction_problem(a, axis)
 
     def forward(self, a, axis=None, keepdims=False):
         self.a = a
@@ -378,9 +344,18 @@ class Cast(Function):
 
 class Reshape(Function):
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return (f"reshape: cannot reshape shape {arrays[0].shape} ({arrays[0].size} elements) "
-                f"into {attrs['shape']}")
+    def input_problem(cls, a, shape):
+        sizes = [n for n in shape if n != -1]
+        if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in sizes) or len(sizes) < len(shape) - 1:
+            return f"{shape} is not a shape (non-negative integers and at most one -1)"
+        known = int(np.prod(sizes))
+        if len(sizes) < len(shape):         # one -1: it takes what the others leave
+            fits = known > 0 and a.size % known == 0
+        else:
+            fits = a.size == known
+        if not fits:
+            return f"cannot reshape shape {a.shape} ({a.size} elements) into {shape}"
+        return None
 
     def forward(self, a, shape):
         self.shape = a.shape
@@ -392,9 +367,11 @@ class Reshape(Function):
 
 class Transpose(Function):
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return (f"transpose: axes {attrs['axes']} are not a permutation of the "
-                f"{arrays[0].ndim} axes of shape {arrays[0].shape}")
+    def input_problem(cls, a, axes):
+        in_range = all(isinstance(ax, (int, np.integer)) and -a.ndim <= ax < a.ndim for ax in axes)
+        if not in_range or sorted(int(ax) % a.ndim for ax in axes) != list(range(a.ndim)):
+            return f"axes {axes} are not a permutation of the {a.ndim} axes of shape {a.shape}"
+        return None
 
     def forward(self, a, axes):
         out = np.transpose(a, axes)   # validates axes
@@ -414,8 +391,12 @@ class GetItem(Function):
     name = "getitem"
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return f"getitem: index {attrs['index']!r} is invalid for shape {arrays[0].shape}: {exc}"
+    def input_problem(cls, a, index):
+        try:                    # numpy's own rules are the check: out of range, too many, ...
+            a[index]
+        except (IndexError, TypeError, ValueError) as exc:
+            return f"index {index!r} is invalid for shape {a.shape}: {exc}"
+        return None
 
     def forward(self, a, index):
         self.shape, self.dtype, self.index = a.shape, a.dtype, index
@@ -434,10 +415,17 @@ class Cat(Function):
     name = "cat"
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
+    def input_problem(cls, *arrays, axis=0):
         shapes = ", ".join(str(a.shape) for a in arrays)
-        return (f"cat: shapes {shapes} cannot be concatenated along axis {attrs['axis']}: "
-                "all dimensions except that axis must match")
+        ndim = arrays[0].ndim
+        if not isinstance(axis, (int, np.integer)) or ndim == 0 or not -ndim <= axis < ndim:
+            return f"axis {axis} is out of range for shapes {shapes}"
+        rest = {a.shape[:axis % ndim] + a.shape[axis % ndim + 1:] if a.ndim == ndim else None
+                for a in arrays}
+        if len(rest) > 1:
+            return (f"shapes {shapes} cannot be concatenated along axis {axis}: "
+                    "all dimensions except that axis must match")
+        return None
 
     def forward(self, *arrays, axis=0):
         self.axis = axis
@@ -454,9 +442,13 @@ class Stack(Function):
     name = "stack"
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
+    def input_problem(cls, *arrays, axis=0):
         shapes = ", ".join(str(a.shape) for a in arrays)
-        return f"stack: all inputs must have the same shape, got {shapes}"
+        if len({a.shape for a in arrays}) > 1:
+            return f"all inputs must have the same shape, got {shapes}"
+        if not isinstance(axis, (int, np.integer)) or not -arrays[0].ndim - 1 <= axis <= arrays[0].ndim:
+            return f"axis {axis} is out of range for stacking shapes {shapes}"
+        return None
 
     def forward(self, *arrays, axis=0):
         self.axis = axis
@@ -517,10 +509,10 @@ class Where(Function):
     name = "where"
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        m, a, b = arrays
-        return (f"where: mask {m.shape}, a {a.shape} and b {b.shape} cannot be broadcast "
-                "together")
+    def input_problem(cls, mask, a, b):
+        if _broadcast_problem(mask.shape, a.shape, b.shape):
+            return f"mask {mask.shape}, a {a.shape} and b {b.shape} cannot be broadcast together"
+        return None
 
     def forward(self, mask, a, b):
         self.mask = mask.astype(bool, copy=False)
@@ -537,10 +529,16 @@ class Where(Function):
 
 # --- numerically stable softmax family ---------------------------------------------------
 
+def _axis_problem(a, axis):
+    if not isinstance(axis, (int, np.integer)) or not -a.ndim <= axis < max(a.ndim, 1):
+        return f"invalid axis {axis} for shape {a.shape}"
+    return None
+
+
 class Softmax(Function):
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return f"softmax: invalid axis {attrs.get('axis')} for shape {arrays[0].shape}"
+    def input_problem(cls, a, axis=-1):
+        return _axis_problem(a, axis)
 
     def forward(self, a, axis=-1):
         self.axis = axis
@@ -557,8 +555,8 @@ class LogSoftmax(Function):
     name = "log_softmax"
 
     @classmethod
-    def describe_error(cls, arrays, attrs, exc):
-        return f"log_softmax: invalid axis {attrs.get('axis')} for shape {arrays[0].shape}"
+    def input_problem(cls, a, axis=-1):
+        return _axis_problem(a, axis)
 
     def forward(self, a, axis=-1):
         self.axis = axis

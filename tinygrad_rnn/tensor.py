@@ -8,6 +8,7 @@ import numpy as np
 from . import autograd, ops
 from .autograd import ShapeError
 from .autograd import backward as _backward_walk
+from .engine.fast_apply import apply_binary, apply_unary
 
 _default_dtype = np.dtype(np.float64)
 
@@ -46,19 +47,18 @@ _OPERAND_TYPES = "a Tensor, a numpy array or a Python number"
 
 def _binary_method(op, name, reflected=False):
     """``Tensor.__add__`` and friends: coerce a non-Tensor operand, then ``op`` (reflected:
-    ``other op self``). Generated, since twelve methods share the pattern exactly."""
-    apply = op.apply_binary
-
+    ``other op self``). Generated, since twelve methods share the pattern exactly; they call
+    ``engine.fast_apply.apply_binary(op, ...)``, ``op.apply`` without its argument packing."""
     if reflected:
         def method(self, other):
             if type(other) is not Tensor:
                 other = self._operand(other, name)
-            return apply(other, self)
+            return apply_binary(op, other, self)
     else:
         def method(self, other):
             if type(other) is not Tensor:
                 other = self._operand(other, name)
-            return apply(self, other)
+            return apply_binary(op, self, other)
     dunder = "truediv" if name == "div" else name
     method.__name__ = f"__r{dunder}__" if reflected else f"__{dunder}__"
     return method
@@ -179,6 +179,11 @@ class Tensor:
             extra = ", requires_grad=True"
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
+    def _repr_html_(self):
+        """Jupyter's display: shape, dtype, grad status and a preview (the text repr stays)."""
+        from ._display import tensor_html
+        return tensor_html(self)
+
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
@@ -260,7 +265,7 @@ class Tensor:
     __rmatmul__ = _binary_method(ops.MatMul, "matmul", True)
 
     def __neg__(self):
-        return ops.Neg.apply_unary(self)
+        return apply_unary(ops.Neg, self)
 
     # Comparisons give plain (non-differentiable) boolean tensors, e.g. masks for where().
     def __lt__(self, other):
@@ -275,27 +280,27 @@ class Tensor:
     def __ge__(self, other):
         return Tensor(self.data >= self._operand(other, "ge").data)
 
-    # --- pointwise ---------------------------------------------------------------------------
+    # --- pointwise (apply_unary: op.apply for one input, engine/fast_apply.py) ---------------
     def tanh(self):
-        return ops.Tanh.apply_unary(self)
+        return apply_unary(ops.Tanh, self)
 
     def sigmoid(self):
-        return ops.Sigmoid.apply_unary(self)
+        return apply_unary(ops.Sigmoid, self)
 
     def relu(self):
-        return ops.Relu.apply_unary(self)
+        return apply_unary(ops.Relu, self)
 
     def exp(self):
-        return ops.Exp.apply_unary(self)
+        return apply_unary(ops.Exp, self)
 
     def log(self):
-        return ops.Log.apply_unary(self)
+        return apply_unary(ops.Log, self)
 
     def sqrt(self):
-        return ops.Sqrt.apply_unary(self)
+        return apply_unary(ops.Sqrt, self)
 
     def abs(self):
-        return ops.Abs.apply_unary(self)
+        return apply_unary(ops.Abs, self)
 
     # --- reductions ------------------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
@@ -304,8 +309,8 @@ class Tensor:
     def mean(self, axis=None, keepdims=False):
         try:
             axes = ops._normalize_axis(axis, self.ndim)
-        except ValueError as exc:     # mean is a composite: name it, as apply() does for ops
-            raise ShapeError(f"mean: cannot reduce shape {self.shape} over axis={axis}: {exc}") from None
+        except (TypeError, ValueError) as exc:     # mean is a composite: name it, as ops are
+            raise ShapeError(f"mean: cannot reduce shape {self.shape} over axis={axis}: {exc}") from exc
         count = 1
         for ax in axes:
             count *= self.shape[ax]
@@ -379,9 +384,6 @@ class Tensor:
         if not -self.ndim <= axis < self.ndim:
             raise ShapeError(f"{op}: axis {axis} is out of range for shape {self.shape}")
         return axis % self.ndim
-
-
-autograd._tensor_class = Tensor      # ops build their outputs as Tensors
 
 
 class _HookHandle:

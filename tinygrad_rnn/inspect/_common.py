@@ -20,18 +20,11 @@ class ObserverContext:
     block. Subclasses define ``on_forward`` / ``on_backward`` (and optionally ``on_step``)."""
 
     def __enter__(self):
-        if not autograd.observing():
-            # Nobody was listening, so any scope left over (an error raised mid-unroll in an
-            # earlier block) is stale.
-            autograd.scope.clear()
         autograd.add_observer(self)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         autograd.remove_observer(self)
-        if exc_type is not None and not autograd.observing():
-            # An error escaping an Unroll skips the code that pops its step; clear it here.
-            autograd.scope.clear()
         return False
 
     def on_forward(self, ctx, inputs, out):
@@ -43,7 +36,7 @@ class ObserverContext:
 
 def annotate(ctx):
     """Tag a recorded node with the (step, layer) the forward is in; returns that pair."""
-    scope = autograd.scope
+    scope = autograd.current_scope()
     where = (scope.get("step"), scope.get("layer")) if scope else (None, None)
     if ctx.parents and where != (None, None):
         setattr(ctx, SCOPE_ATTR, where)

@@ -11,12 +11,16 @@ readable; the steps are known only if the forward ran under an observer that rec
     render(ys.sum(), "graph.svg", names=rnn, collapse_steps=True)
 
 Draw before ``backward`` (which frees the graph) or pass ``retain_graph=True`` to it.
+
+In Jupyter, the `DotSource` that ``to_dot`` returns draws itself: as SVG when Graphviz's
+``dot`` program is installed, as its DOT text otherwise.
 """
 
 import os
 import shutil
 import subprocess
 from collections import Counter
+from html import escape
 
 from ..tensor import Tensor
 from ._common import ObserverContext, annotate, fmt_shape, parameter_names, scope_of
@@ -87,8 +91,40 @@ class _Graph:
         self.ops.reverse()           # roughly forward order, for a tidier layout
 
 
+class DotSource(str):
+    """DOT text: a ``str`` like any other (write it, print it, compare it), which a Jupyter
+    notebook draws inline as SVG when Graphviz's ``dot`` is on PATH and shows as text when
+    it is not."""
+
+    def svg(self):
+        """The graph as SVG text (rendered once, then cached), or None without ``dot``."""
+        if "_svg" not in self.__dict__:
+            exe = shutil.which("dot")
+            self._svg = None if exe is None else _run_dot(exe, self, ["-Tsvg"]).decode("utf-8")
+        return self._svg
+
+    def _repr_svg_(self):
+        return self.svg()
+
+    def _repr_html_(self):
+        # Only without Graphviz: notebooks rank HTML above SVG, and the SVG should win.
+        if self.svg() is not None:
+            return None
+        return ('<pre class="tinygrad-rnn-dot" title="install Graphviz (the dot program) to see '
+                f'this graph drawn">{escape(str(self))}</pre>')
+
+
+def _run_dot(exe, text, args):
+    done = subprocess.run([exe, *args], input=text.encode(), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"dot failed (exit code {done.returncode}): "
+                           f"{done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
 def to_dot(tensors, names=None, collapse_steps=False, rankdir="TB"):
-    """DOT text of the graph that produced ``tensors`` (a Tensor or a tuple of them).
+    """DOT text of the graph that produced ``tensors`` (a Tensor or a tuple of them), as a
+    `DotSource` (a ``str`` that Jupyter draws).
 
     ``names``: a Module (or a dict name -> Tensor) whose parameters are labelled by name.
     ``collapse_steps``: draw each time step of an ``Unroll`` as one box (the forward must
@@ -222,7 +258,7 @@ def to_dot(tensors, names=None, collapse_steps=False, rankdir="TB"):
         lines.append(f"  {out_id} [shape=ellipse, style=bold, label={_quote(label)}];")
         lines.append(f"  {endpoint(r._ctx if r._ctx is not None else r)} -> {out_id};")
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    return DotSource("\n".join(lines) + "\n")
 
 
 _FORMATS = ("svg", "png", "pdf")
@@ -241,9 +277,8 @@ def render(tensors, path, names=None, collapse_steps=False, rankdir="TB"):
                            "graphviz; conda: conda install graphviz), or write the DOT text with "
                            "to_dot() and render it elsewhere")
     text = to_dot(tensors, names=names, collapse_steps=collapse_steps, rankdir=rankdir)
-    done = subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=text.encode(), capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"render: dot failed (exit code {done.returncode}): "
-                           f"{done.stderr.decode(errors='replace').strip()}")
+    try:
+        _run_dot(exe, text, [f"-T{fmt}", "-o", str(path)])
+    except RuntimeError as exc:
+        raise RuntimeError(f"render: {exc}") from None
     return path

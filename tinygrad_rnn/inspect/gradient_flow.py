@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._display import html_table
 from ..autograd import no_grad
 from ..tensor import Tensor, cat
 from ._common import state_leaves, state_names
@@ -82,13 +83,71 @@ class GradientFlow:
 
     def table(self, distances=None):
         """Text table of ||dL/dh_t|| and the singular values of ds_T/ds_t by distance T - t."""
+        head, rows = self._table_rows(distances)
+        lines = [f"{head[0]:>6}" + "".join(f"  {h:>10}" for h in head[1:])]
+        lines += [f"{r[0]:>6}" + "".join(f"  {c:>10}" for c in r[1:]) for r in rows]
+        return "\n".join(lines)
+
+    def _table_rows(self, distances=None):
         if distances is None:
             distances = default_distances(self.T)
-        lines = [f"{'T - t':>6}  {'|dL/dh_t|':>10}  {'sigma_max':>10}  {'sigma_min':>10}"]
+        rows = []
         for d in distances:
             g, smax, smin = self.at_distance(d)
-            lines.append(f"{d:>6}  {g:>10.3e}  {smax:>10.3e}  {smin:>10.3e}")
-        return "\n".join(lines)
+            rows.append([str(d), f"{g:.3e}", f"{smax:.3e}", f"{smin:.3e}"])
+        return ["T - t", "|dL/dh_t|", "sigma_max", "sigma_min"], rows
+
+    def __repr__(self):
+        return f"GradientFlow(T={self.T}, state {'+'.join(self.state_names)})\n{self.table()}"
+
+    def _repr_html_(self):
+        """Jupyter's display: the table by distance in time, as HTML."""
+        head, rows = self._table_rows()
+        caption = (f"gradient flow over T = {self.T} steps: ||dL/d{self.h_name}_t|| and the singular "
+                   f"values of ds_T/ds_t (mean over the batch)")
+        if self.formula_error is not None:
+            caption += f"; tape vs diag(tanh'(a_k)) W_hh: max difference {self.formula_error:.1e}"
+        return html_table(head, rows, caption=caption)
+
+    def plot(self, label="", title=""):
+        """A matplotlib Figure of ||dL/dh_t|| (and the largest singular value of ds_T/ds_t)
+        against the distance T - t, log scale. Compare cells with `plot_gradient_flow`."""
+        return plot_gradient_flow([(label or "cell", self)], title=title)
+
+
+def plot_gradient_flow(flows, title=""):
+    """One matplotlib Figure comparing several `GradientFlow` results: ``flows`` is a dict
+    ``{label: flow}`` or a list of ``(label, flow)`` pairs. Needs matplotlib (the ``plot``
+    extra). The Figure is not registered with pyplot; a notebook draws it (once) when it is a
+    cell's value, and ``fig.savefig(path)`` writes it."""
+    try:
+        from ._figure import NotebookFigure
+    except ImportError:
+        raise ImportError("GradientFlow.plot needs matplotlib: pip install 'tinygrad-rnn[plot]' "
+                          "(or pip install matplotlib)") from None
+    flows = list(flows.items()) if isinstance(flows, dict) else list(flows)
+    with_jac = bool(flows) and flows[0][1].sigma_max.size > 0
+    fig = NotebookFigure(figsize=(11 if with_jac else 6, 4.2))
+    axes = fig.subplots(1, 2 if with_jac else 1, squeeze=False)[0]
+    for label, flow in flows:
+        d = flow.distance
+        g = np.where(flow.grad_norms > 0, flow.grad_norms, np.nan)   # log scale: no zeros
+        axes[0].semilogy(d, g, label=label)
+        if with_jac:
+            s = flow.sigma_max.mean(axis=1)
+            axes[1].semilogy(d, np.where(s > 0, s, np.nan), label=label)
+    axes[0].set_title("||dL/dh_t||, loss on the last step")
+    axes[0].set_ylabel("gradient norm (log scale)")
+    if with_jac:
+        axes[1].set_title("largest singular value of dh_T/dh_t")
+    for ax in axes:
+        ax.set_xlabel("distance in time T - t (steps)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def default_distances(T):

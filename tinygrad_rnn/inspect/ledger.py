@@ -26,8 +26,11 @@ outputs (|tanh| > ``saturation``, sigmoid outside [1 - s, s]): where their deriv
 nearly 0 and the gradient through them dies.
 """
 
+from html import escape
+
 import numpy as np
 
+from .._display import html_table
 from ..tensor import Tensor
 from ._common import (
     ObserverContext,
@@ -39,6 +42,7 @@ from ._common import (
 )
 
 OUTSIDE = "outside"
+NOTHING_RECORDED = "ledger: nothing recorded (run forward and backward inside the block)"
 
 
 class ledger(ObserverContext):
@@ -204,11 +208,17 @@ class ledger(ObserverContext):
     # --- report --------------------------------------------------------------------------
     def table(self, params=None):
         """A text table: one row per step, then the outside terms and the totals."""
+        head, rows = self._table_rows(params)
+        widths = [max(8, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+        return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+    def _table_rows(self, params=None):
+        """(header, rows of cell texts) of `table`, shared by the text and the HTML form."""
         names = list(params) if params is not None else self.param_names
         h = self.h_name
         has_h = h in self._state_norms
         head = ["step"] + ([f"|dL/d{h}_t|"] if has_h else []) + [f"|dL/d{n}|" for n in names] + ["saturated"]
-        widths = [max(8, len(x)) for x in head]
         rows = []
         hn = self.state_grad_norms(h) if has_h else None
         for i, t in enumerate(self.steps):
@@ -221,13 +231,19 @@ class ledger(ObserverContext):
                     [f"{np.linalg.norm(self.param_grad(n, OUTSIDE)):.3e}" for n in names] + ["-"])
         rows.append(["sum=.grad"] + (["-"] if has_h else []) +
                     [f"{np.linalg.norm(self.total(n)):.3e}" for n in names] + ["-"])
-        widths = [max(w, *(len(r[i]) for r in rows)) for i, w in enumerate(widths)]
-        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-        return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+        return head, rows
 
     def __str__(self):
         if not self._contrib:
-            return "ledger: nothing recorded (run forward and backward inside the block)"
+            return NOTHING_RECORDED
         return self.table()
 
     __repr__ = __str__
+
+    def _repr_html_(self):
+        """Jupyter's display: the table as HTML, one row per time step."""
+        if not self._contrib:
+            return f"<p>{escape(NOTHING_RECORDED)}</p>"
+        head, rows = self._table_rows()
+        return html_table(head, rows, caption="BPTT ledger: each parameter's gradient, split by "
+                                              "the time step that used it (Frobenius norms)")

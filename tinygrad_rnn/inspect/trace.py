@@ -15,6 +15,7 @@ inside the trace), by parameter name (pass ``names=model``), by value (a Python 
 import weakref
 from dataclasses import dataclass, field
 
+from .._display import html_table
 from ._common import ObserverContext, annotate, describe_scope, fmt_shape, parameter_names, scope_of
 
 
@@ -39,19 +40,29 @@ class TapeRecord:
     on_tape: bool = True
     accumulates: list = field(default_factory=list)
 
-    def format(self):
-        num = f"#{self.node}" if self.node is not None else "#?"
+    @property
+    def number(self):
+        return f"#{self.node}" if self.node is not None else "#?"
+
+    def sides(self):
+        """The two sides of the arrow, as text: inputs -> outputs in forward; the gradients
+        arriving at the op's outputs -> those it passes to its inputs in backward."""
         if self.phase == "forward":
             ins = ", ".join(lab if s == () and _is_number(lab) else f"{lab} {fmt_shape(s)}"
                             for lab, s in self.inputs)
             outs = ", ".join(f"{lab} {fmt_shape(s)}" for lab, s in self.outputs)
-            text = f"{num:>5} {self.op:<11} {ins}  ->  {outs} {self.dtype}"
+            return ins, outs
+        outs = ", ".join(f"dL/d{lab} {fmt_shape(s)}" for lab, s in self.outputs if s is not None)
+        ins = ", ".join(self._grad_in(lab, s) for lab, s in self.inputs)
+        return outs, ins
+
+    def format(self):
+        left, right = self.sides()
+        text = f"{self.number:>5} {self.op:<11} {left}  ->  {right}"
+        if self.phase == "forward":
+            text += f" {self.dtype}"
             if not self.on_tape:
                 text += "  (not on the tape: no input requires grad)"
-        else:
-            outs = ", ".join(f"dL/d{lab} {fmt_shape(s)}" for lab, s in self.outputs if s is not None)
-            ins = ", ".join(self._grad_in(lab, s) for lab, s in self.inputs)
-            text = f"{num:>5} {self.op:<11} {outs}  ->  {ins}"
         where = describe_scope(self.step, self.layer)
         return text + (f"   [{where}]" if where else "")
 
@@ -110,6 +121,20 @@ class trace(ObserverContext):
         return "\n".join(lines)
 
     __repr__ = __str__
+
+    def _repr_html_(self):
+        """Jupyter's display: the forward and the backward tape as two HTML tables."""
+        fwd, bwd = self.forward, self.backward
+        rows = [[r.number, r.op, *r.sides(), r.dtype, "yes" if r.on_tape else "no (no input requires grad)",
+                 describe_scope(r.step, r.layer) or ""] for r in fwd]
+        parts = [html_table(["#", "op", "inputs", "outputs", "dtype", "on the tape", "where"], rows,
+                            caption=f"forward: {len(fwd)} ops, in the order they ran")]
+        if bwd:
+            rows = [[r.number, r.op, *r.sides(), describe_scope(r.step, r.layer) or ""] for r in bwd]
+            parts.append(html_table(["#", "op", "gradients arriving", "gradients passed on", "where"],
+                                    rows, caption=f"backward: {len(bwd)} calls, in the order the walk "
+                                                  "ran them (#n = the forward op it differentiates)"))
+        return "\n".join(parts)
 
     # --- labels --------------------------------------------------------------------------
     def _label(self, t):

@@ -4,6 +4,8 @@
 dropout masks) from, so a model built after it is reproducible.
 """
 
+import contextlib
+
 import numpy as np
 
 _rng = np.random.default_rng()
@@ -15,7 +17,21 @@ def manual_seed(seed):
 
 
 def rng():
+    """The generator layers draw initial weights and dropout masks from."""
     return _rng
+
+
+@contextlib.contextmanager
+def fork_rng(seed):
+    """``with fork_rng(seed):`` draws from a generator seeded with ``seed`` inside the block,
+    then puts the previous generator back, its stream untouched (``torch.random.fork_rng``)."""
+    global _rng
+    previous = _rng
+    manual_seed(seed)
+    try:
+        yield
+    finally:
+        _rng = previous
 
 
 def _fill(tensor, values):

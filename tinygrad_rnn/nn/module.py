@@ -98,15 +98,20 @@ class Module:
         if strict and (missing or extra):
             raise KeyError(f"load_state_dict({type(self).__name__}): missing parameters {missing}, "
                            f"unexpected parameters {extra}")
+        # Every entry is checked and converted before any parameter changes.
+        new_data = {}
         for name, p in own.items():
             if name in state:
                 arr = np.asarray(state[name])
                 if arr.shape != p.shape:
                     raise ValueError(f"load_state_dict({type(self).__name__}): parameter '{name}' "
                                      f"has shape {p.shape} but the state holds {arr.shape}")
-        for name, p in own.items():
-            if name in state:
-                p.data = np.array(state[name], dtype=p.dtype, copy=True)
+                if arr.dtype.kind not in "biuf":
+                    raise ValueError(f"load_state_dict({type(self).__name__}): parameter '{name}' "
+                                     f"is {p.dtype} but the state holds a {arr.dtype} array")
+                new_data[name] = np.array(arr, dtype=p.dtype, copy=True)
+        for name, data in new_data.items():
+            own[name].data = data
         return self
 
     def num_parameters(self):

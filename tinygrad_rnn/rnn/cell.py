@@ -53,9 +53,10 @@ def describe_structure(tree):
     return type(tree).__name__
 
 
-def same_structure(a, b):
-    """True when two states nest the same way and their Tensors have the same shapes."""
+def same_structure(a, b, shapes=True):
+    """True when two states nest the same way with Tensors at the same places, of the same
+    shapes unless ``shapes=False`` (two batch sizes of one cell's state)."""
     if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
         return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
-                and all(same_structure(x, y) for x, y in zip(a, b)))
-    return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+                and all(same_structure(x, y, shapes) for x, y in zip(a, b)))
+    return isinstance(a, Tensor) and isinstance(b, Tensor) and (not shapes or a.shape == b.shape)

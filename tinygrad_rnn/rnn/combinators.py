@@ -37,17 +37,13 @@ class Stack(Cell):
         return tuple(c.init_state(batch_size) for c in self.cells)
 
     def forward(self, x, states):
-        observing = autograd.observing()
         new_states = []
         for k, (cell, state) in enumerate(zip(self.cells, states)):
-            if observing:
-                autograd.scope["layer"] = k
-            if k > 0:
-                x = self.dropout(x)
-            x, state = cell(x, state)
+            with autograd.scope(layer=k):       # observers tag the layer's ops
+                if k > 0:
+                    x = self.dropout(x)
+                x, state = cell(x, state)
             new_states.append(state)
-        if observing:
-            autograd.scope.pop("layer", None)
         return x, tuple(new_states)
 
 

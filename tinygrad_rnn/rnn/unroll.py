@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from .. import _malloc, autograd, ops
+from .. import autograd
 from ..autograd import ShapeError, no_grad
+from ..engine import fast_sequence
 from ..nn.module import Module
 from ..tensor import Tensor, stack, where
 from .cell import describe_structure, same_structure, tree_map
@@ -20,14 +21,6 @@ def check_lengths(lengths, T, B, who):
         raise ValueError(f"{who}: lengths must lie in [0, T] = [0, {T}], got min {arr.min()} "
                          f"and max {arr.max()}")
     return arr
-
-
-def _notify_step(unroll, t, out, state):
-    # Observers that define on_step (the BPTT ledger) learn each step's output and state.
-    for obs in list(autograd._observers):
-        on_step = getattr(obs, "on_step", None)
-        if on_step is not None:
-            on_step(unroll, t, out, state)
 
 
 class Unroll(Module):
@@ -50,55 +43,40 @@ class Unroll(Module):
         self.batch_first = batch_first
 
     def forward(self, xs, state=None, lengths=None):
-        if not _malloc.state["done"]:
-            _malloc.tune_malloc()       # once per process, also for forward-only use: _malloc.py
         xs = self._check_input(xs)
         if self.batch_first:
             xs = xs.transpose(1, 0, 2)
         T, B = xs.shape[0], xs.shape[1]
         if T == 0:
             raise ShapeError(f"Unroll({type(self.cell).__name__}): the sequence is empty (T = 0)")
-        cell = self.cell
         state = self._initial_state(state, B)
         if lengths is not None:
             lengths = check_lengths(lengths, T, B, "Unroll")
-        run_sequence = getattr(cell, "forward_sequence", None)
-        if run_sequence is not None and not autograd.observing():
-            # The cell runs the whole sequence itself (a scan, or a compiled loop): the same
-            # numbers as stepping. Observers need the steps, so they get the loop below.
-            ys, state = run_sequence(xs, state, lengths)
-            if self.batch_first:
-                ys = tree_map(lambda y: y.transpose(1, 0, *range(2, y.ndim)), ys)
-            return ys, state
-        if lengths is not None:
-            masks = [(t < lengths)[:, None] for t in range(T)]
-            full = [bool(m.all()) for m in masks]
-        observing = autograd.observing()
-        prev_step = autograd.scope.get("step")
-        outputs = []
-        # The tape grows by a dozen nodes a step: keep the cyclic GC from re-scanning it.
-        # Every step multiplies by the same weights: transpose them once (see ops.py).
-        with autograd.gc_paused(keep_new_objects=True), ops.reuse_transposed_weights():
-            for t, x_t in enumerate(xs.unbind(0)):
-                if observing:
-                    autograd.scope["step"] = t
-                out, new_state = cell(x_t, state)
-                if lengths is not None and not full[t]:
-                    # Finished sequences keep their state and emit zeros.
-                    m = masks[t]
-                    new_state = tree_map(lambda new, old, m=m: where(m, new, old), new_state, state)
-                    out = tree_map(lambda o, m=m: where(m, o, np.zeros((), o.dtype)), out)
-                state = new_state
-                outputs.append(out)
-                if observing:
-                    _notify_step(self, t, out, state)
-        if observing:
-            autograd.scope.pop("step", None)
-            if prev_step is not None:
-                autograd.scope["step"] = prev_step
-        ys = tree_map(lambda *outs: stack(outs), *outputs)
+        # One call sets up the sequence for speed (GC, malloc, transposed weights): engine/.
+        with fast_sequence():
+            run_sequence = getattr(self.cell, "forward_sequence", None)
+            if run_sequence is not None and not autograd.observing():
+                # The cell runs the whole sequence itself (a scan, or a compiled loop): the
+                # same numbers as stepping. Observers need the steps, so they get the loop.
+                ys, state = run_sequence(xs, state, lengths)
+            else:
+                ys, state = self._step_loop(xs, state, lengths)
         if self.batch_first:
             ys = tree_map(lambda y: y.transpose(1, 0, *range(2, y.ndim)), ys)
+        return ys, state
+
+    def _step_loop(self, xs, state, lengths):
+        """The recurrence: ``output_t, state_t = cell(x_t, state_{t-1})`` for t = 0 .. T-1."""
+        outputs = []
+        for t, x_t in enumerate(xs.unbind(0)):
+            with autograd.scope(step=t):        # observers tag the step's ops (trace, ledger)
+                out, new_state = self.cell(x_t, state)
+                if lengths is not None:
+                    out, new_state = _stop_finished(t, lengths, out, new_state, state)
+                state = new_state
+                outputs.append(out)
+                autograd.notify_step(self, t, out, state)
+        ys = tree_map(lambda *outs: stack(outs), *outputs)
         return ys, state
 
     def _check_input(self, xs):
@@ -135,3 +113,13 @@ class Unroll(Module):
 
     def extra_repr(self):
         return f"batch_first={self.batch_first}"
+
+
+def _stop_finished(t, lengths, out, new_state, state):
+    """Sequences already past their length keep their state and emit zeros at step t."""
+    running = (t < lengths)[:, None]
+    if running.all():
+        return out, new_state
+    new_state = tree_map(lambda new, old: where(running, new, old), new_state, state)
+    out = tree_map(lambda o: where(running, o, np.zeros((), o.dtype)), out)
+    return out, new_state

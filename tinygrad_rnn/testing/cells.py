@@ -28,7 +28,6 @@ A failure raises one ``AssertionError`` naming the property, the error, and hypo
 shrunk falsifying example.
 """
 
-import contextlib
 import inspect
 
 import numpy as np
@@ -103,16 +102,6 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
 
 # --- building cells --------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _weight_seed(seed):
-    previous = init.rng()
-    init.manual_seed(seed)
-    try:
-        yield
-    finally:
-        init._rng = previous
-
-
 def _takes_dtype(factory):
     try:
         return "dtype" in inspect.signature(factory).parameters
@@ -121,7 +110,7 @@ def _takes_dtype(factory):
 
 
 def _build(factory, seed):
-    with _weight_seed(seed):
+    with init.fork_rng(seed):
         cell = factory(dtype=np.float64) if _takes_dtype(factory) else factory()
     if not callable(getattr(cell, "forward", None)) or not callable(getattr(cell, "init_state", None)):
         raise TypeError(f"check_cell: factory() must return a cell with forward(x, state) and "
@@ -332,7 +321,7 @@ class _Suite:
         s0 = cell.init_state(B)
         _check_leaves(s0, B, f"init_state({B})")
         other = cell.init_state(B + 1)
-        if not _same_nesting(s0, other):
+        if not same_structure(s0, other, shapes=False):
             raise AssertionError(f"init_state({B}) has structure {describe_structure(s0)} but "
                                  f"init_state({B + 1}) has {describe_structure(other)}")
         for a, b in zip(tree_leaves(s0), tree_leaves(other)):
@@ -596,18 +585,11 @@ def _assert_close(actual, expected, what):
 
 
 def _assert_trees_close(actual, expected, what):
-    if not _same_nesting(actual, expected):
+    if not same_structure(actual, expected, shapes=False):
         raise AssertionError(f"{what}: structure {describe_structure(actual)} vs "
                              f"{describe_structure(expected)}")
     for k, (a, b) in enumerate(zip(tree_leaves(actual), tree_leaves(expected))):
         _assert_close(a.data, b.data, f"{what} (leaf {k})")
-
-
-def _same_nesting(a, b):
-    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
-                and all(_same_nesting(x, y) for x, y in zip(a, b)))
-    return isinstance(a, Tensor) == isinstance(b, Tensor)
 
 
 def _check_leaves(tree, B, what):

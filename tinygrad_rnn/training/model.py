@@ -9,6 +9,7 @@ float32 as the default.
 """
 
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -30,23 +31,19 @@ class CellSpecError(ValueError):
 def resolve_cell(spec):
     """The cell class for ``rnn``, ``lstm``, ``gru`` or ``package.module:ClassName``.
 
-    The module is imported as ``python -m`` would see it: the current directory is on the
-    path, so ``--cell mycells:MGUCell`` finds ``./mycells.py``.
+    The module is imported from the import path, or else, as ``python -m`` would find it,
+    from the current directory: ``--cell mycells:MGUCell`` finds ``./mycells.py`` (and
+    ``--cell mypkg.cells:MGUCell`` finds ``./mypkg/cells.py``) without touching ``sys.path``.
     """
     if spec in BUILTIN_CELLS:
         return BUILTIN_CELLS[spec]
     if ":" not in spec:
-        raise CellSpecError(f"--cell: expected rnn, lstm, gru or package.module:ClassName, got {spec!r}")
+        raise CellSpecError(f"--cell: expected {', '.join(BUILTIN_CELLS)} or package.module:ClassName, "
+                            f"got {spec!r}")
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise CellSpecError(f"--cell: {spec!r} is not of the form package.module:ClassName")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CellSpecError(f"--cell {spec}: cannot import module '{module_name}': {exc}") from None
+    module = _import_cell_module(spec, module_name)
     cls = module
     for part in class_name.split("."):
         cls = getattr(cls, part, None)
@@ -58,6 +55,41 @@ def resolve_cell(spec):
                             "(a cell defines forward(x, state) -> (output, new_state) and "
                             "init_state(batch_size))")
     return cls
+
+
+def _import_cell_module(spec, module_name):
+    """``module_name`` from the import path, else its top-level package or module from the
+    current directory (registered in ``sys.modules``, so its submodules import normally)."""
+    top = module_name.partition(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != top or top in sys.modules:   # found, but it (or a module it needs) failed
+            raise CellSpecError(f"--cell {spec}: cannot import module '{module_name}': {exc}") from exc
+    except Exception as exc:
+        raise CellSpecError(f"--cell {spec}: cannot import module '{module_name}': "
+                            f"{type(exc).__name__}: {exc}") from exc
+    cwd = os.getcwd()
+    package_init, plain_file = os.path.join(cwd, top, "__init__.py"), os.path.join(cwd, f"{top}.py")
+    if os.path.isfile(package_init):
+        file_spec = importlib.util.spec_from_file_location(
+            top, package_init, submodule_search_locations=[os.path.dirname(package_init)])
+    elif os.path.isfile(plain_file):
+        file_spec = importlib.util.spec_from_file_location(top, plain_file)
+    else:
+        raise CellSpecError(f"--cell {spec}: cannot import module '{module_name}': no module named "
+                            f"'{top}' on the import path, and neither {top}.py nor {top}/__init__.py "
+                            f"in the current directory ({cwd}). Run from the folder that holds it, "
+                            "install it, or add its folder to PYTHONPATH")
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[top] = module
+    try:
+        file_spec.loader.exec_module(module)
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        del sys.modules[top]
+        raise CellSpecError(f"--cell {spec}: cannot import module '{module_name}' from "
+                            f"{file_spec.origin}: {type(exc).__name__}: {exc}") from exc
 
 
 def build_cell(cls, spec, input_size, hidden_size, dtype):

@@ -1,13 +1,14 @@
 """``tinygrad-rnn sample``: continue a prime with a model trained by ``tinygrad-rnn train``."""
 
+import os
 import sys
 
 import numpy as np
 
 from ..serialization import CheckpointError
-from .lm import DEFAULT_CHECKPOINT, load_run_checkpoint, model_from_checkpoint
-from .model import CellSpecError, sample
-from .threads import blas_threads
+from ..training.checkpoint import DEFAULT_CHECKPOINT, load_run_checkpoint, model_from_checkpoint
+from ..training.model import CellSpecError, sample
+from ._threads import blas_threads
 
 
 def add_arguments(p):
@@ -38,8 +39,11 @@ def run(args):
         ckpt = load_run_checkpoint(args.checkpoint)
         model, vocab = model_from_checkpoint(ckpt, args.checkpoint)
     except FileNotFoundError:
+        # Earlier versions wrote runs/char_lm.npz: point at it rather than saying nothing.
+        old = os.path.splitext(args.checkpoint)[0] + ".npz"
+        hint = f"; '{old}' is an older checkpoint: pass --checkpoint {old}" if os.path.isfile(old) else ""
         print(f"tinygrad-rnn sample: error: no checkpoint at '{args.checkpoint}' (train one with "
-              "tinygrad-rnn train, or pass --checkpoint PATH)", file=sys.stderr)
+              f"tinygrad-rnn train, or pass --checkpoint PATH){hint}", file=sys.stderr)
         return 2
     except (CheckpointError, CellSpecError) as exc:
         print(f"tinygrad-rnn sample: error: {exc}", file=sys.stderr)

@@ -36,6 +36,8 @@ state = {"done": False, "applied": False, "reason": "not yet run"}
 
 def tune_malloc():
     """Apply the settings above once per process; returns whether they were applied."""
+    if state["done"]:               # every later call: one dict lookup
+        return state["applied"]
     with _lock:
         if not state["done"]:
             state["applied"], state["reason"] = _apply()

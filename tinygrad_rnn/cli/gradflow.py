@@ -6,16 +6,25 @@ singular values of ``dh_T/dh_t`` by distance in time, and saves a log-scale plot
 
     tinygrad-rnn gradflow --cells rnn,lstm,gru --steps 100
     tinygrad-rnn gradflow --cells rnn --spectral-radius 1.5       # exploding
-    tinygrad-rnn gradflow --checkpoint model.npz                   # trained vs fresh
+    tinygrad-rnn gradflow --checkpoint model.safetensors           # trained vs fresh
 """
 
 import sys
 
 import numpy as np
 
-from .gradient_flow import default_distances, gradient_flow, set_forget_bias, set_spectral_radius
+from ..inspect.gradient_flow import (
+    default_distances,
+    gradient_flow,
+    plot_gradient_flow,
+    set_forget_bias,
+    set_spectral_radius,
+)
+from ..nn.init import manual_seed
+from ..rnn import GRUCell, LSTMCell, RNNCell, Stack
+from ..serialization import load
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 def add_arguments(p):
@@ -35,7 +44,7 @@ def add_arguments(p):
                    help="LSTM forget-gate bias (default 1.0, the usual practice; 'nan' keeps "
                         "PyTorch's init)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="a .npz written by tg.save holding a model state dict: compare its trained "
+                   help="a file written by tg.save holding a model state dict: compare its trained "
                         "recurrent cell with a fresh one of the same shape")
     p.add_argument("--out", default="gradflow.png", help="where to save the plot (PNG; default "
                    "./gradflow.png)")
@@ -83,7 +92,6 @@ def _gaussian_inputs(size, scale):
 
 
 def _build_cells(args):
-    import tinygrad_rnn as tg
     if args.steps < 1 or args.hidden < 1 or args.batch < 1 or args.input_size < 1:
         raise ValueError("--steps, --hidden, --batch and --input-size must be positive")
     if args.checkpoint is not None:
@@ -94,9 +102,8 @@ def _build_cells(args):
         raise ValueError(f"--cells: unknown cell(s) {unknown or names}; choose from {', '.join(CELLS)}")
     out = []
     for name in names:
-        tg.manual_seed(args.seed)
-        cell = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[name](
-            args.input_size, args.hidden, dtype=np.float64)
+        manual_seed(args.seed)
+        cell = CELLS[name](args.input_size, args.hidden, dtype=np.float64)
         if name == "lstm" and not np.isnan(args.forget_bias):
             set_forget_bias(cell, args.forget_bias)
         out.append((name, cell, _gaussian_inputs(args.input_size, args.input_scale)))
@@ -123,7 +130,6 @@ def find_state_dict(obj):
 def cell_from_state_dict(state, seed=0):
     """(kind, trained cell, fresh cell, input size): a built-in cell (a Stack when there are
     several layers) rebuilt in float64 from the ``weight_ih/weight_hh/bias_*`` entries."""
-    import tinygrad_rnn as tg
     prefixes = [k[:-len("weight_hh")] for k in state if k.endswith("weight_hh")]   # layer order
     trained, fresh, kinds = [], [], set()
     for prefix in prefixes:
@@ -135,9 +141,9 @@ def cell_from_state_dict(state, seed=0):
                              "a built-in RNN (H, H), GRU (3H, H) or LSTM (4H, H) cell")
         kind = _GATES[gates]
         kinds.add(kind)
-        cls = {"rnn": tg.RNNCell, "lstm": tg.LSTMCell, "gru": tg.GRUCell}[kind]
+        cls = CELLS[kind]
         bias = prefix + "bias_ih" in state
-        tg.manual_seed(seed + len(trained))
+        manual_seed(seed + len(trained))
         fresh.append(cls(W_ih.shape[1], H, bias=bias, dtype=np.float64))
         cell = cls(W_ih.shape[1], H, bias=bias, dtype=np.float64)
         own = {name: p for name, p in cell.named_parameters()}
@@ -152,12 +158,11 @@ def cell_from_state_dict(state, seed=0):
     kind = kinds.pop()
     if len(trained) == 1:
         return kind, trained[0], fresh[0], trained[0].input_size
-    return f"{kind} x{len(trained)}", tg.Stack(trained), tg.Stack(fresh), trained[0].input_size
+    return f"{kind} x{len(trained)}", Stack(trained), Stack(fresh), trained[0].input_size
 
 
 def _checkpoint_cells(args):
-    import tinygrad_rnn as tg
-    obj = tg.load(args.checkpoint)
+    obj = load(args.checkpoint)
     state = find_state_dict(obj)
     if state is None:
         raise ValueError(f"checkpoint '{args.checkpoint}' holds no model state dict with a "
@@ -202,31 +207,5 @@ def report(results, args):
 
 
 def plot(results, path, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_jac = results and results[0][1].sigma_max.size > 0
-    fig, axes = plt.subplots(1, 2 if with_jac else 1, figsize=(11 if with_jac else 6, 4.2),
-                             squeeze=False)
-    for label, flow in results:
-        d = flow.distance
-        g = np.where(flow.grad_norms > 0, flow.grad_norms, np.nan)   # log scale: no zeros
-        axes[0, 0].semilogy(d, g, label=label)
-        if with_jac:
-            s = flow.sigma_max.mean(axis=1)
-            axes[0, 1].semilogy(d, np.where(s > 0, s, np.nan), label=label)
-    axes[0, 0].set_title("||dL/dh_t||, loss on the last step")
-    axes[0, 0].set_ylabel("gradient norm (log scale)")
-    if with_jac:
-        axes[0, 1].set_title("largest singular value of dh_T/dh_t")
-    for ax in axes[0]:
-        ax.set_xlabel("distance in time T - t (steps)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_gradient_flow(results, title=title).savefig(path, dpi=110)
     return path

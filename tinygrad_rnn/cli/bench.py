@@ -11,7 +11,7 @@ import numpy as np
 from ..nn import init
 from ..rnn import GRUCell, LSTMCell, RNNCell, Unroll
 from ..tensor import Tensor
-from .threads import blas_threads
+from ._threads import blas_threads
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
