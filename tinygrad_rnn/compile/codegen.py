@@ -82,10 +82,6 @@ class Layout:
     def is_view(v):
         return v.kind == CARRY and v.base is not v
 
-    @staticmethod
-    def is_whole(v):
-        return v.kind == CARRY and v.base is v
-
     def _copy_gemm_views(self):
         """A GEMM reads a whole contiguous array: copy a view (a gate block) first."""
         nodes = []
@@ -129,7 +125,6 @@ class Layout:
 
     # -- which values need arrays ---------------------------------------------------------
     def _storage(self):
-        results = set(id(v) for v in self.graph.results)
         item_of = {}
         for item in self.items:
             for node in self._item_nodes(item):
@@ -157,7 +152,6 @@ class Layout:
             for out in node.outputs:
                 if out.base is out and out.group is None and out.node is not None:
                     out.stored = True                       # GEMM, cat, reduction outputs
-        self.results = results
 
     @staticmethod
     def _item_nodes(item):
@@ -264,15 +258,25 @@ class Source:
         return [v for v in self.L.stored if v.has_adjoint and id(v) not in gemm_outs]
 
     # -- value access -----------------------------------------------------------------------
-    def _index(self, v, width, ts, cur):
+    @staticmethod
+    def _cols(v, width, j=None):
+        """The column subscript of ``v`` at loop column ``j`` (default: the loop's ``j``, or
+        0 where ``v`` has one column and broadcasts along the row), plus a view's offset."""
+        cols = norm2d(v.shape)[1] if v.kind == INVARIANT else v.shape[1]
+        off = v.col if v.kind != INVARIANT else 0
+        if j is None:
+            j = "j" if cols == width else "0"
+        if j == "0":
+            return str(off)
+        return j if off == 0 else f"{off} + {j}"
+
+    def _index(self, v, width, ts, cur, j=None):
         """``[rows, cols]`` subscript of a value read at (b, j) in a loop of ``width``."""
-        rows, cols = (norm2d(v.shape) if v.kind == INVARIANT else v.shape)
+        rows = norm2d(v.shape)[0] if v.kind == INVARIANT else v.shape[0]
         # Values of the loop are (B, n): indexed by b even when B = 1, so that every batch
         # size shares one source (and one compilation); invariants broadcast by shape.
         r = "b" if rows > 1 or v.kind != INVARIANT else "0"
-        off = v.col if v.kind != INVARIANT else 0
-        j = "j" if cols == width else "0"              # "0": broadcast along the row
-        c = j if off == 0 else (f"{off} + {j}" if j == "j" else f"{off}")
+        c = self._cols(v, width, j)
         if v.kind == CARRY:
             base = v.base
             if base.source == "state":
@@ -283,24 +287,23 @@ class Source:
             return f"P{v.base.num}[t, {r}, {c}]"
         return f"V{v.num}[{r}, {c}]"
 
-    def read(self, v, width, group, mode):
+    def read(self, v, width, group, mode, j=None):
         """A forward value: a register if made in this group (forward), else its array."""
         if mode != "backward" and group is not None and v.group is group and not self.L.is_view(v):
             return f"v{v.num}"
         ts = "t" if mode in ("train", "backward") else "0"
         cur = "t" if mode in ("train", "backward") else "cur"
-        return self._index(v, width, ts, cur)
+        return self._index(v, width, ts, cur, j)
 
-    def adjoint(self, v, width, group):
+    def adjoint(self, v, width, group, j=None):
         """Where the adjoint of ``v`` at (b, j) accumulates; None if nobody wants it."""
         if v.kind == INVARIANT:
-            return None if not v.requires_grad else "GV" + self._index(v, width, "", "")[1:]
+            return None if not v.requires_grad else "G" + self._index(v, width, "", "", j)
         if v.kind == PERSTEP:
-            return "G" + self._index(v, width, "t", "")
+            return "G" + self._index(v, width, "t", "", j)
         if group is not None and v.group is group and not self.L.is_view(v):
             return f"g{v.num}"
-        j = "j" if v.shape[1] == width else "0"
-        c = j if v.col == 0 else (f"{v.col} + {j}" if j == "j" else f"{v.col}")
+        c = self._cols(v, width, j)
         base = v.base
         if base.source == "state":
             return f"GSo{base.num}[b, {c}]"
@@ -405,7 +408,7 @@ class Source:
             w(3, f"{dst}, b, 0] = acc")
         elif node.op is Max:
             a = node.inputs[0]
-            w(3, f"acc = {self.read(a, a.shape[1], None, mode).replace('j]', '0]')}")
+            w(3, f"acc = {self.read(a, a.shape[1], None, mode, j='0')}")
             w(3, f"for j in range({a.shape[1]}):")
             w(4, f"acc = max(acc, {self.read(a, a.shape[1], None, mode)})")
             w(3, f"{dst}, b, 0] = acc")
@@ -521,7 +524,7 @@ class Source:
                 target = self.adjoint(part, n, None)
                 if target is not None:
                     w(3, f"for j in range({n}):")
-                    w(4, f"{target} += {g_out.replace('[b, j]', f'[b, {off} + j]')}")
+                    w(4, f"{target} += {self.adjoint(out, width, None, j=f'{off} + j')}")
                 off += n
         elif node.op is Sum:
             a = node.inputs[0]
