@@ -385,3 +385,15 @@ def test_the_docs_show_the_generated_lstm_source():
     tg.manual_seed(0)
     source = tg.compile(tg.LSTMCell(3, 4)).source(batch=2)
     assert block.strip() == source.strip(), "docs/compile.md: regenerate the LSTM source"
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_rest_match():
+    cell, compiled = _cells("lstm")
+    cell.weight_hh.requires_grad_(False)
+    xs = np.random.default_rng(4).standard_normal((4, 2, I))
+    got, want = _run(compiled, xs), _run(cell, xs)
+    assert cell.weight_hh.grad is None
+    got["params"] = [g for g in got["params"] if g is not None]
+    want["params"] = [g for g in want["params"] if g is not None]
+    assert len(got["params"]) == len(cell.parameters()) - 1
+    _assert_same(got, want, 1e-10)

@@ -169,18 +169,22 @@ class Program:
         G = [np.empty((B, v.shape[1]), dt) for v in W.adjoint_buffers()]
         d_state = self.module.backward(lengths, *P, *S, *V, *WB, *A, *gY, *GSi, *GSo, *GP, *GV,
                                        *G, *DG, *TMP)
+        need = ctx.needs_input_grad
+        n_front = len(P) + len(S)
+        wanted = {id(v) for v, n in zip(self.invariant_inputs, need[n_front:]) if n}
         grads_inv = {}
         for v, gv in zip(L.invariants, GV):
-            if v.requires_grad:
+            if v.requires_grad and id(v) in wanted:
                 grads_inv[id(v)] = gv.reshape(v.shape)
         stored = {id(v): a for v, a in zip(L.stored, A)}
         for item, dg in zip(W.gemms(), DG):
             x, w = item.node.inputs
+            if id(w) not in wanted:
+                continue                                  # a frozen weight: no GEMM
             xs = S[self.graph.states.index(x)][:T] if x.source == "state" else stored[id(x)]
             dg2, x2 = dg.reshape(T * B, -1), xs.reshape(T * B, -1)
             dw = dg2.T @ x2 if item.transposed else x2.T @ dg2       # one GEMM over all T·B
             grads_inv[id(w)] = dw if id(w) not in grads_inv else grads_inv[id(w)] + dw
-        need = ctx.needs_input_grad
         out = list(GP) + list(d_state) + [grads_inv.get(id(v)) for v in self.invariant_inputs]
         return tuple(g if n else None for g, n in zip(out, need))
 
