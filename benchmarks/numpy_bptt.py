@@ -1,4 +1,4 @@
-"""Hand-written BPTT in numpy for the vanilla RNN, the LSTM and the GRU: the baseline.
+"""Hand-written BPTT in numpy for the vanilla RNN, the LSTM, the GRU and the MGU: the baseline.
 
 The same equations, parameter layouts and gate orders as ``tinygrad_rnn``'s built-in cells
 (PyTorch's: LSTM i, f, g, o; GRU r, z, n with the reset gate after the matmul), written the
@@ -12,7 +12,9 @@ Every function takes ``xs`` (T, B, I), the cotangent ``dys`` (T, B, H) of the ou
 ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H,), and an
 optional initial state (zeros otherwise). It returns ``(ys, grads)``: the outputs (T, B, H)
 and a dict of gradients with the parameters' names (plus ``"xs"`` with ``need_dx=True``).
-Arrays keep the inputs' dtype.
+Arrays keep the inputs' dtype. The MGU (the custom cell of DESIGN.md and README.md, two
+``Linear(I + H, H)`` layers) takes ``W_f, b_f, W_h, b_h`` instead, and its gradients are
+named as its parameters are (``W_f.weight``, ...).
 """
 
 import numpy as np
@@ -188,5 +190,88 @@ def gru_forward_backward(xs, dys, W_ih, W_hh, b_ih, b_hh, h0=None, need_dx=False
     return ys, grads
 
 
+def mgu_forward_backward(xs, dys, W_f, b_f, W_h, b_h, h0=None, need_dx=False):
+    """Minimal gated unit: ``f = σ(W_f [x_t, h_{t-1}] + b_f)``,
+    ``h~ = tanh(W_h [x_t, f h_{t-1}] + b_h)``, ``h_t = (1 - f) h_{t-1} + f h~``.
+
+    Each weight (H, I + H) is used as its x-columns and its h-columns (the same arithmetic as
+    multiplying the concatenation)."""
+    T, B, I = xs.shape
+    H = W_f.shape[0]
+    W_fxT, W_fhT = np.ascontiguousarray(W_f[:, :I].T), np.ascontiguousarray(W_f[:, I:].T)
+    W_hxT, W_hhT = np.ascontiguousarray(W_h[:, :I].T), np.ascontiguousarray(W_h[:, I:].T)
+    h = np.zeros((B, H), xs.dtype) if h0 is None else h0
+    hs, fs, fhs, h_tildes = [h], [], [], []   # hs[t] is h_{t-1} of step t
+    for t in range(T):
+        a_f = xs[t] @ W_fxT
+        a_f += h @ W_fhT
+        a_f += b_f
+        f = _sigmoid(a_f)
+        fh = f * h
+        a_h = xs[t] @ W_hxT
+        a_h += fh @ W_hhT
+        a_h += b_h
+        h_tilde = np.tanh(a_h)
+        h = h + f * (h_tilde - h)
+        hs.append(h)
+        fs.append(f)
+        fhs.append(fh)
+        h_tildes.append(h_tilde)
+    ys = np.stack(hs[1:])
+
+    grads = {"W_f.weight": np.zeros_like(W_f), "W_f.bias": np.zeros_like(b_f),
+             "W_h.weight": np.zeros_like(W_h), "W_h.bias": np.zeros_like(b_h)}
+    dxs = np.empty_like(xs) if need_dx else None
+    dh_next = np.zeros((B, H), xs.dtype)
+    for t in reversed(range(T)):
+        f, fh, h_tilde, h_prev = fs[t], fhs[t], h_tildes[t], hs[t]
+        dh = dys[t] + dh_next
+        da_h = dh * f
+        da_h *= 1 - h_tilde * h_tilde          # gradient of h~'s pre-activation
+        dfh = da_h @ W_h[:, I:]                # gradient of f h_{t-1}
+        df = dh * (h_tilde - h_prev)
+        df += dfh * h_prev
+        da_f = df * f * (1 - f)                # gradient of f's pre-activation
+        dh_next = dh * (1 - f)
+        dh_next += dfh * f
+        dh_next += da_f @ W_f[:, I:]
+        grads["W_h.weight"][:, :I] += da_h.T @ xs[t]
+        grads["W_h.weight"][:, I:] += da_h.T @ fh
+        grads["W_h.bias"] += da_h.sum(axis=0)
+        grads["W_f.weight"][:, :I] += da_f.T @ xs[t]
+        grads["W_f.weight"][:, I:] += da_f.T @ h_prev
+        grads["W_f.bias"] += da_f.sum(axis=0)
+        if need_dx:
+            dxs[t] = da_h @ W_h[:, :I] + da_f @ W_f[:, :I]
+    if need_dx:
+        grads["xs"] = dxs
+    return ys, grads
+
+
 FORWARD_BACKWARD = {"rnn": rnn_forward_backward, "lstm": lstm_forward_backward,
-                    "gru": gru_forward_backward}
+                    "gru": gru_forward_backward, "mgu": mgu_forward_backward}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+PARAMETER_NAMES = {cell: ("weight_ih", "weight_hh", "bias_ih", "bias_hh") for cell in GATES}
+PARAMETER_NAMES["mgu"] = ("W_f.weight", "W_f.bias", "W_h.weight", "W_h.bias")
+
+
+def parameter_shapes(cell, I, H):
+    """The parameters' shapes in ``PARAMETER_NAMES`` order (PyTorch's layouts)."""
+    if cell == "mgu":
+        return [(H, I + H), (H,), (H, I + H), (H,)]
+    G = GATES[cell]
+    return [(G * H, I), (G * H, H), (G * H,), (G * H,)]
+
+
+def init_parameters(cell, I, H, dtype, rng):
+    """PyTorch's init, uniform(-1/sqrt(fan), 1/sqrt(fan)), fan = H for the built-in cells and
+    I + H for the MGU's Linear layers."""
+    bound = (I + H) ** -0.5 if cell == "mgu" else H ** -0.5
+    return [rng.uniform(-bound, bound, s).astype(dtype) for s in parameter_shapes(cell, I, H)]
+
+
+def reference_gradients(cell, xs, dys, params):
+    """``[dx, *parameter gradients]`` (``PARAMETER_NAMES`` order): what every contestant of
+    bench_rnn.py must return."""
+    _, grads = FORWARD_BACKWARD[cell](xs, dys, *params, need_dx=True)
+    return [grads["xs"]] + [grads[name] for name in PARAMETER_NAMES[cell]]

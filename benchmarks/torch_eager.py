@@ -9,10 +9,12 @@ pools of torch, OpenBLAS and OpenMP never share a process and never fight):
 * ``nn``: ``torch.nn.RNN/LSTM/GRU``: PyTorch's own fused C++ loop, for reference.
 
 Usage (bench_rnn.py does this): ``python torch_eager.py --serve FAMILY SPEC`` where SPEC is
-``{"threads": 1, "clock": "wall"}``; then, like bench_rnn.py's own worker, one JSON request
-per line on stdin: ``{"setup": {"cell": "lstm", "T": 50, "B": 16, "I": 16, "H": 32,
-"dtype": "float32", ...}}`` builds that job, ``{"runs": n}`` times n forward+backwards
-and replies ``{"ms": [[milliseconds, ...]]}``. bench_rnn.py asks its workers in turn.
+``{"threads": 1, "clock": "wall"}``; then the request loop of ``worker.py``: ``{"setup":
+{"cell": "lstm", "T": 50, "B": 16, "I": 16, "H": 32, "dtype": "float32", ...}}`` builds that
+job and checks its gradients (of xs and every parameter) against the numpy BPTT on the same
+weights, ``{"runs": n}`` times n forward+backwards. For the ``mgu`` and ``mingru`` jobs
+``nn`` runs torch.nn.GRU of the same (T, B, I, H), the fused cell a user would pick instead;
+``eager`` runs the MGU's equations, and has no minGRU.
 
 The equations (``*_equations``) are also imported by tests/test_benchmarks_baseline.py, which
 checks them against the numpy baseline: the comparison is only fair if they agree.
@@ -20,12 +22,13 @@ checks them against the numpy baseline: the comparison is only fair if they agre
 
 import json
 import sys
-import time
 
+import numpy_bptt
 import torch
 import torch.nn.functional as F
+import worker
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+GATES = numpy_bptt.GATES
 
 
 def rnn_equations(xs, W_ih, W_hh, b_ih, b_hh):
@@ -64,63 +67,74 @@ def gru_equations(xs, W_ih, W_hh, b_ih, b_hh):
     return torch.stack(ys)
 
 
-EQUATIONS = {"rnn": rnn_equations, "lstm": lstm_equations, "gru": gru_equations}
+def mgu_equations(xs, W_f, b_f, W_h, b_h):
+    h = xs.new_zeros(xs.shape[1], W_f.shape[0])
+    ys = []
+    for x in xs.unbind(0):
+        f = F.linear(torch.cat([x, h], dim=-1), W_f, b_f).sigmoid()
+        h_tilde = F.linear(torch.cat([x, f * h], dim=-1), W_h, b_h).tanh()
+        h = (1 - f) * h + f * h_tilde
+        ys.append(h)
+    return torch.stack(ys)
+
+
+EQUATIONS = {"rnn": rnn_equations, "lstm": lstm_equations, "gru": gru_equations, "mgu": mgu_equations}
 MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+# The fused torch.nn cell timed against a cell torch.nn does not have.
+NN_STAND_IN = {"mgu": "gru", "mingru": "gru"}
 
 
 def make_step(family, job):
-    """A no-argument function doing one forward+backward of ``job``, parameters' grads reset."""
+    """(step, cell, params, xs, dys): ``step()`` does one forward+backward of ``job`` (the
+    parameters' and xs' grads reset first) and returns ``[dx, *parameter gradients]``."""
     dtype = getattr(torch, job["dtype"])
     T, B, I, H = job["T"], job["B"], job["I"], job["H"]
     gen = torch.Generator().manual_seed(0)
-    xs = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    xs = torch.randn(T, B, I, generator=gen, dtype=dtype).requires_grad_()
     dys = torch.randn(T, B, H, generator=gen, dtype=dtype)
     if family == "nn":
-        module = MODULES[job["cell"]](I, H).to(dtype)
+        cell = NN_STAND_IN.get(job["cell"], job["cell"])
+        module = MODULES[cell](I, H).to(dtype)
         params = list(module.parameters())
 
-        def step():
-            for p in params:
-                p.grad = None
+        def run():
             ys, _ = module(xs)
-            ys.backward(dys)
-        return step
+            return ys
+    else:
+        cell = job["cell"]
+        k = H ** -0.5 if cell != "mgu" else (I + H) ** -0.5   # PyTorch's init: uniform(-k, k)
+        params = [((torch.rand(s, generator=gen, dtype=dtype) * 2 - 1) * k).requires_grad_()
+                  for s in numpy_bptt.parameter_shapes(cell, I, H)]
+        equations = EQUATIONS[cell]
 
-    G, k = GATES[job["cell"]], H ** -0.5       # PyTorch's init: uniform(-1/sqrt(H), 1/sqrt(H))
-    shapes = [(G * H, I), (G * H, H), (G * H,), (G * H,)]
-    params = [((torch.rand(s, generator=gen, dtype=dtype) * 2 - 1) * k).requires_grad_()
-              for s in shapes]
-    equations = EQUATIONS[job["cell"]]
+        def run():
+            return equations(xs, *params)
 
     def step():
+        xs.grad = None
         for p in params:
             p.grad = None
-        ys = equations(xs, *params)
-        ys.backward(dys)
-    return step
+        run().backward(dys)
+        return [xs.grad] + [p.grad for p in params]
+    return step, cell, params, xs, dys
+
+
+def build(family, job):
+    """bench worker contestants for one job: {"torch_eager" or "torch_nn": step}, with the
+    numpy BPTT of the same weights as the gradient reference."""
+    name = "torch_" + family
+    if family == "eager" and job["cell"] not in EQUATIONS:
+        return {}, None, []                      # the table's legend says so (minGRU)
+    step, cell, params, xs, dys = make_step(family, job)
+    reference = numpy_bptt.reference_gradients(cell, xs.detach().numpy(), dys.numpy(),
+                                               [p.detach().numpy() for p in params])
+    return {name: step}, reference, []
 
 
 def serve(family, spec):
     torch.set_num_threads(spec["threads"])
     torch.set_num_interop_threads(1)
-    now = CLOCKS[spec.get("clock", "wall")]
-    step = None
-    for line in sys.stdin:
-        request = json.loads(line)
-        if "setup" in request:
-            step = make_step(family, request["setup"])
-            reply = {"threads": torch.get_num_threads()}
-        else:
-            times = []
-            for _ in range(request["runs"]):
-                t0 = now()
-                step()
-                times.append(1e3 * (now() - t0))
-            reply = {"ms": [times]}
-        print(json.dumps(reply), flush=True)
+    worker.serve(lambda job: build(family, job), spec)
 
 
 if __name__ == "__main__":

@@ -171,11 +171,23 @@ def test_divergence_stops_with_a_clear_error(tmp_path, text_file, capsys):
     assert not ckpt.exists()                  # nothing half-broken was saved
 
 
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_min_cells_train_from_the_command_line(tmp_path, text_file, cell):
+    # Two layers: the model's Unroll(Stack) runs the stack's forward_sequence (linear scans).
+    code, ckpt, m = train(tmp_path, text_file, "--cell", cell, "--steps", "30", "--layers", "2")
+    assert code == 0
+    assert np.mean(m["train_loss"][-5:]) < np.mean(m["train_loss"][:5]) - 0.3
+    saved = tg.load(ckpt)
+    assert saved["config"]["cell"] == cell
+    assert saved["model"]["rnn.cell.cells.1.weight_ih"].dtype == np.float32
+    assert "rnn.cell.cells.1.weight_hh" not in saved["model"]      # gates read x_t only
+
+
 @pytest.mark.parametrize("spec,message", [
     ("nosuchmodule_xyz:Cell", "cannot import module 'nosuchmodule_xyz'"),
     (f"{__name__}:Missing", "has no attribute 'Missing'"),
     (f"{__name__}:NotACell", "is not a subclass of tinygrad_rnn.Cell"),
-    ("transformer", "expected rnn, lstm, gru"),
+    ("transformer", "expected rnn, lstm, gru, mingru, minlstm or package.module:ClassName"),
 ])
 def test_bad_cell_spec(tmp_path, text_file, capsys, spec, message):
     code, _, _ = train(tmp_path, text_file, "--cell", spec, "--steps", "2")

@@ -17,7 +17,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = ["01_parity", "02_sine_forecast", "03_digit_captions", "04_seq2seq_reverse",
-           "05_adding_problem", "06_custom_cell_mgu"]
+           "05_adding_problem", "06_custom_cell_mgu", "07_parallel_vs_sequential"]
 
 
 def load(name):
@@ -197,6 +197,37 @@ def test_mgu_example_skips_check_cell_with_a_message_without_hypothesis(monkeypa
     monkeypatch.delitem(sys.modules, "tinygrad_rnn.testing.cells", raising=False)
     assert ex.property_test(2) is False
     assert "skipping check_cell" in capsys.readouterr().out
+
+
+# --- 7. parallel over time: minGRU stack vs LSTM --------------------------------------------
+
+def test_parallel_vs_sequential_compares_similar_models_and_plots(tmp_path):
+    ex = load("07_parallel_vs_sequential")
+    r = ex.main(steps=60, seed=0, quick=True, out_dir=str(tmp_path))
+    for T in (20, 40):
+        lstm, mingru = r[T]["LSTM"], r[T]["minGRU x3"]
+        # Similar size: within 15 % of each other's parameter count.
+        assert abs(lstm["parameters"] - mingru["parameters"]) < 0.15 * lstm["parameters"]
+        for res in (lstm, mingru):
+            assert res["step_ms"] > 0 and np.isfinite(res["test_mse"])
+            assert res["losses"].shape == (60,)
+        # Both learn something on the tiny budget (the mean of the last 10 losses).
+        assert mingru["losses"][-10:].mean() < 0.5 * mingru["losses"][:10].mean()
+        assert lstm["losses"][-10:].mean() < lstm["losses"][:10].mean()
+    assert_png(r["plot"])
+
+
+def test_both_models_start_keeping_the_same_share_of_their_state():
+    ex = load("07_parallel_vs_sequential")
+    stack, _, how = ex.make_model("minGRU x3", 4)
+    assert stack.forward_sequence is not None and how == "linear_scan per layer"
+    assert [c.hidden_size for c in stack.cells] == [4, 4, 4]
+    lstm, _, _ = ex.make_model("LSTM", 4)
+    lstm = getattr(lstm, "cell", lstm)                 # the compiled cell, if any, wraps it
+    f = lstm.bias_ih.data[4:8] + lstm.bias_hh.data[4:8]     # gates i, f, g, o
+    np.testing.assert_array_equal(f, ex.KEEP_BIAS)
+    for cell in stack.cells:                                # 1 - z_t = sigmoid(-bias_z)
+        np.testing.assert_array_equal(cell.bias_ih.data[:4], -ex.KEEP_BIAS)
 
 
 # --- every script from the command line ------------------------------------------------------

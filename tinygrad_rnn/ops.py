@@ -13,7 +13,7 @@ naming the op and the shapes; any other is a bug and surfaces as itself.
 
 import numpy as np
 
-from . import kernels
+from . import kernels, scan_kernels
 from .autograd import Function, ShapeError
 from .engine.transposed import transposed
 from .engine.weight_grads import weight_grad
@@ -566,3 +566,53 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         return (g - np.exp(self.out) * g.sum(axis=self.axis, keepdims=True),)
+
+
+# --- scans ------------------------------------------------------------------------------------
+
+class LinearScan(Function):
+    r"""All states of the linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over axis 0.
+
+    a, b (T, B, H), either broadcasting against the other (a decay shared over the batch:
+    (T, 1, H); a constant decay: (1, B, H)); h0 (B, H), zero when absent. ``reverse=True``
+    runs from the end: ``h_t = a_t * h_{t+1} + b_t``, with h0 entering at t = T-1.
+
+    The backward is the same scan run the other way in time on the gradient
+    (scan_kernels.scan_backward: the rule, or one fused Numba pass):
+
+    .. math::
+        \bar h_t = g_t + a_{t+1} \bar h_{t+1}, \quad \bar a_t = \bar h_t h_{t-1}, \quad
+        \bar b_t = \bar h_t, \quad \bar h_0 = a_1 \bar h_1
+
+    (indices counted in the direction of the scan).
+    """
+
+    name = "linear_scan"
+
+    def forward(self, a, b, h0=None, reverse=False):
+        self.shape = shape = np.broadcast_shapes(a.shape, b.shape)
+        T, B, H = shape
+        dtype = np.result_type(a, b) if h0 is None else np.result_type(a, b, h0)
+        self.a_shape, self.b_shape, self.reverse = a.shape, b.shape, reverse
+        self.a = _as_columns(a, shape, dtype)
+        b = _as_columns(b, shape, dtype)
+        self.h0 = (np.zeros(B * H, dtype) if h0 is None
+                   else np.ascontiguousarray(h0, dtype=dtype).reshape(B * H))
+        self.h = scan_kernels.scan(self.a, b, self.h0, reverse)
+        return self.h.reshape(shape)
+
+    def backward(self, g):
+        g = np.ascontiguousarray(g, dtype=self.h.dtype).reshape(self.h.shape)
+        dh, da, dh0 = scan_kernels.scan_backward(self.a, g, self.h, self.h0, self.reverse)
+        need = self.needs_input_grad
+        grads = (unbroadcast(da.reshape(self.shape), self.a_shape) if need[0] else None,
+                 unbroadcast(dh.reshape(self.shape), self.b_shape) if need[1] else None)
+        if len(need) == 2:
+            return grads
+        return grads + (dh0.reshape(self.shape[1:]) if need[2] else None,)
+
+
+def _as_columns(x, shape, dtype):
+    """``x`` broadcast to (T, B, H) as a C-contiguous (T, B * H) array of ``dtype``."""
+    x = np.broadcast_to(x.astype(dtype, copy=False), shape)
+    return np.ascontiguousarray(x).reshape(shape[0], -1)

@@ -439,6 +439,42 @@ def where(mask, a, b):
     return ops.Where.apply(Tensor._from_op(mask, None, False), a, b)
 
 
+def linear_scan(a, b, h0=None, reverse=False):
+    """All states of ``h_t = a_t * h_{t-1} + b_t``: a, b (T, B, H) -> h (T, B, H).
+
+    a may broadcast against b along any axis ((T, 1, H), (T, B, 1), (1, B, H), ...), and
+    b against a; h0 (B, H) is the state before the first step (zero if None). With
+    ``reverse=True`` the recurrence runs from the end, ``h_t = a_t * h_{t+1} + b_t``.
+    One op (ops.LinearScan): a compiled loop forward, the same loop run backward in time
+    for the gradient. Cells whose gates do not read h_{t-1} (MinGRUCell, MinLSTMCell) run
+    a whole sequence through it.
+    """
+    a, b = _tensors((a, b), "linear_scan")
+    for name, t in (("a", a), ("b", b)):
+        if t.ndim != 3:
+            raise ShapeError(f"linear_scan: {name} must have rank 3 (T, B, H), got shape {t.shape} "
+                             f"(a {a.shape}, b {b.shape})")
+    shape = []
+    for axis, (n_a, n_b) in enumerate(zip(a.shape, b.shape)):
+        if n_a != n_b and 1 not in (n_a, n_b):
+            raise ShapeError(f"linear_scan: a {a.shape} and b {b.shape} disagree in {'TBH'[axis]} "
+                             f"(axis {axis}: {n_a} vs {n_b}); each axis must match or be 1 in one "
+                             "of them")
+        shape.append(max(n_a, n_b))
+    inputs = [a, b]
+    if h0 is not None:
+        (h0,) = _tensors((h0,), "linear_scan")
+        if h0.shape != tuple(shape[1:]):
+            raise ShapeError(f"linear_scan: h0 must have shape (B, H) = {tuple(shape[1:])} for a "
+                             f"{a.shape} and b {b.shape}, got {h0.shape}")
+        inputs.append(h0)
+    for name, t in zip(("a", "b", "h0"), inputs):
+        if t.dtype.kind != "f":
+            raise TypeError(f"linear_scan: {name} must be a floating-point tensor (float32 or "
+                            f"float64), got dtype {t.dtype}")
+    return ops.LinearScan.apply(*inputs, reverse=bool(reverse))
+
+
 # --- factories ------------------------------------------------------------------------------
 
 def _shape(shape):

@@ -78,8 +78,9 @@ def add_arguments(p):
                            "source, a fixed selection of modules)")
     model = p.add_argument_group("model")
     model.add_argument("--cell", metavar="CELL",
-                       help=f"rnn, lstm, gru, or package.module:ClassName for your own Cell subclass, "
-                            f"built as ClassName(input_size, hidden_size) (default: {d['cell']})")
+                       help=f"rnn, lstm, gru, mingru, minlstm, or package.module:ClassName for your "
+                            f"own Cell subclass, built as ClassName(input_size, hidden_size) "
+                            f"(default: {d['cell']})")
     model.add_argument("--hidden", type=_positive_int, metavar="H",
                        help=f"hidden size of every layer (default: {d['hidden']})")
     model.add_argument("--layers", type=_positive_int, metavar="L",

@@ -93,6 +93,7 @@ RULES = {rule.op: rule for rule in [
     Rule(ops.Unbind, "outside", lambda ctx, out: {"axis": ctx.axis}),
     Rule(ops.Softmax, "outside", lambda ctx, out: {"axis": ctx.axis}),
     Rule(ops.LogSoftmax, "outside", lambda ctx, out: {"axis": ctx.axis}),
+    Rule(ops.LinearScan, "outside", lambda ctx, out: {"reverse": ctx.reverse}),   # over time
 ]}
 
 

@@ -17,6 +17,10 @@ class Stack(Cell):
     other; its state is the tuple of the layers' states.
 
     ``Stack([LSTMCell(8, 32), LSTMCell(32, 32)])``: x (B, 8) -> output (B, 32).
+
+    When every layer defines ``forward_sequence`` (MinGRUCell, MinLSTMCell), the stack has
+    one too: layer by layer over the whole sequence, the same numbers as stepping (dropout
+    draws its masks per step there and per sequence here: the same distribution).
     """
 
     def __init__(self, cells, dropout=0.0):
@@ -32,6 +36,20 @@ class Stack(Cell):
         self.dropout = Dropout(dropout)
         self.input_size = getattr(cells[0], "input_size", None)
         self.hidden_size = getattr(cells[-1], "hidden_size", None)
+        if all(getattr(c, "forward_sequence", None) is not None for c in cells):
+            # Every layer runs its whole sequence at once: so does the stack, layer by layer.
+            self.forward_sequence = self._layer_by_layer
+
+    def _layer_by_layer(self, xs, states, lengths=None):
+        """The stack's forward_sequence: layer k runs all T steps, then layer k+1 on its
+        outputs (dropout between layers, on the whole sequence of outputs)."""
+        new_states = []
+        for k, (cell, state) in enumerate(zip(self.cells, states)):
+            if k > 0:
+                xs = self.dropout(xs)
+            xs, state = cell.forward_sequence(xs, state, lengths)
+            new_states.append(state)
+        return xs, tuple(new_states)
 
     def init_state(self, batch_size):
         return tuple(c.init_state(batch_size) for c in self.cells)

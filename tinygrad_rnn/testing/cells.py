@@ -8,7 +8,7 @@ A user's test file needs one line per cell::
         check_cell(lambda: MyCell(3, 5))          # input_size read from the cell
 
 Hypothesis draws sequence lengths, batch sizes, inputs, initial states and weight seeds, in
-float64, and checks six properties:
+float64, and checks six properties (seven for a cell that runs whole sequences):
 
 1. BPTT gradients of every parameter, the inputs and the initial state equal central finite
    differences (every element on a few small cases; the dot-product test
@@ -20,9 +20,11 @@ float64, and checks six properties:
    gives alone (outputs past its length exactly zero);
 5. truncated BPTT with a window covering the sequence equals full BPTT, and shorter windows
    equal the sum of the windows' separate gradients;
-6. ``tg.compile(cell)`` (the generated loops) gives the eager outputs, final state and
+6. for a cell that defines ``forward_sequence``: it gives the outputs, final state and
+   gradients that stepping ``forward`` gives, with and without ``lengths``;
+7. ``tg.compile(cell)`` (the generated loops) gives the eager outputs, final state and
    every gradient, with and without ``lengths``. A cell the compiler cannot run is skipped
-   with a warning saying why (property 6 only).
+   with a warning saying why (property 7 only).
 
 A failure raises one ``AssertionError`` naming the property, the error, and hypothesis'
 shrunk falsifying example.
@@ -48,7 +50,8 @@ PROPERTIES = {
     3: "the state keeps its structure, shapes and dtype",
     4: "a padded sequence with lengths equals the unpadded sequence",
     5: "truncated BPTT equals full BPTT when the window covers the sequence",
-    6: "the compiled cell (tg.compile) equals the eager cell",
+    6: "forward_sequence equals the stepped forward (values and gradients, with lengths)",
+    7: "the compiled cell (tg.compile) equals the eager cell",
 }
 
 # Values compared between two computations of the same thing (batched vs one row at a
@@ -93,10 +96,10 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
         if blocker is None:
             # Few examples: each is cheap, but the first compiles (seconds, then cached).
             _run(suite.compiled_matches_eager, suite.cases(lengths=True), min(max_examples, 8),
-                 derandomize, name, 6)
+                 derandomize, name, 7)
         else:
             import warnings
-            warnings.warn(f"check_cell({name}): property (6) skipped, the cell does not compile: "
+            warnings.warn(f"check_cell({name}): property (7) skipped, the cell does not compile: "
                           f"{blocker}", stacklevel=2)
 
 
@@ -204,7 +207,8 @@ class _Suite:
             (1, self.gradients_vjp, self.cases(lengths=True), False),
             (4, self.lengths_match_unpadded, self.cases(lengths=True), False),
             (5, self.truncated_bptt, self.cases(window=True), False),
-        ]
+        ] + ([(6, self.sequence_matches_steps, self.cases(lengths=True), False)]
+             if getattr(self.probe, "forward_sequence", None) is not None else [])
 
     def build(self, seed):
         with default_dtype(np.float64):
@@ -495,8 +499,53 @@ class _Suite:
             _assert_close(g, g_sep, f"gradient of {name}: truncated BPTT with window {k} vs the sum "
                           "of the windows run separately")
 
-
     # --- property 6 ----------------------------------------------------------------------
+
+    def sequence_matches_steps(self, case):
+        """Unroll runs forward_sequence; the same cell behind `_Stepped` is stepped."""
+        cell = self.build(case.weight_seed)
+        params = _parameters(cell)
+        rng = np.random.default_rng(case.weight_seed + 2)
+        for lengths in (None, case.lengths):
+            results, cotangents = [], None
+            for runner in (cell, _Stepped(cell)):
+                _zero_grads(params)
+                xs = Tensor(case.xs, requires_grad=True)
+                s0, s0_leaves = self.initial_state(cell, case, requires_grad=True)
+                ys, final = Unroll(runner)(xs, s0, lengths)
+                leaves = tree_leaves(ys) + tree_leaves(final)
+                if cotangents is None:                       # the same ones for both runs
+                    cotangents = [rng.standard_normal(t.shape) for t in leaves]
+                loss = _project(leaves, cotangents)
+                if loss.requires_grad:
+                    loss.backward()
+                results.append((ys, final, [_grad(xs)] + [_grad(s) for s in s0_leaves] + _grads(params)))
+            (ys, final, grads), (ys_step, final_step, grads_step) = results
+            given = "without lengths" if lengths is None else f"with lengths {_short(lengths)}"
+            _assert_trees_close(ys, ys_step, f"outputs of forward_sequence vs stepping, {given}")
+            _assert_trees_close(final, final_step, f"final state of forward_sequence vs stepping, {given}")
+            n_state = len(grads) - 1 - len(params)
+            names = (["the inputs"] + [f"initial-state leaf {i}" for i in range(n_state)]
+                     + [f"parameter '{n}'" for n, _ in _named(cell)])
+            for name, g, g_step in zip(names, grads, grads_step):
+                _assert_close(g, g_step, f"gradient of {name}: forward_sequence vs stepping, {given}")
+
+
+class _Stepped:
+    """A cell seen without its forward_sequence, so that Unroll steps it with forward."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.input_size = getattr(cell, "input_size", None)
+
+    def init_state(self, batch_size):
+        return self.cell.init_state(batch_size)
+
+    def __call__(self, x, state):
+        return self.cell(x, state)
+
+
+    # --- property 7 ----------------------------------------------------------------------
 
     def compiled_matches_eager(self, case):
         from ..compile import compile  # imports numba: only for this property

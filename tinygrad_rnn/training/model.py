@@ -17,11 +17,12 @@ import numpy as np
 
 from .. import nn
 from ..autograd import no_grad
-from ..rnn import GRUCell, LSTMCell, RNNCell, Stack, Unroll
+from ..rnn import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell, Stack, Unroll
 from ..rnn.cell import Cell
 from ..tensor import default_dtype, zeros
 
-BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell,
+                 "mingru": MinGRUCell, "minlstm": MinLSTMCell}
 
 
 class CellSpecError(ValueError):
