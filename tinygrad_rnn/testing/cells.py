@@ -530,21 +530,6 @@ class _Suite:
             for name, g, g_step in zip(names, grads, grads_step):
                 _assert_close(g, g_step, f"gradient of {name}: forward_sequence vs stepping, {given}")
 
-
-class _Stepped:
-    """A cell seen without its forward_sequence, so that Unroll steps it with forward."""
-
-    def __init__(self, cell):
-        self.cell = cell
-        self.input_size = getattr(cell, "input_size", None)
-
-    def init_state(self, batch_size):
-        return self.cell.init_state(batch_size)
-
-    def __call__(self, x, state):
-        return self.cell(x, state)
-
-
     # --- property 7 ----------------------------------------------------------------------
 
     def compiled_matches_eager(self, case):
@@ -569,6 +554,20 @@ class _Stepped:
         names += [n for n, _ in _named(cell)]
         for name, a, b in zip(names, grads_c, grads_e):
             _assert_close(a, b, f"compiled vs eager: gradient of {name}")
+
+
+class _Stepped:
+    """A cell seen without its forward_sequence, so that Unroll steps it with forward."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.input_size = getattr(cell, "input_size", None)
+
+    def init_state(self, batch_size):
+        return self.cell.init_state(batch_size)
+
+    def __call__(self, x, state):
+        return self.cell(x, state)
 
 
 def _compile_blocker(probe, input_size):
