@@ -302,7 +302,7 @@ def test_a_rule_using_detached_data_fails_gradgradcheck_not_gradcheck():
 def test_check_cell_second_order_catches_the_detached_rule():
     from tinygrad_rnn.testing import check_cell
     with unittest.mock.patch.object(ops.Tanh, "backward", _detached_tanh_rule):
-        with pytest.raises(AssertionError, match=r"property \(7\)"):
+        with pytest.raises(AssertionError, match=r"property \(8\)"):
             check_cell(lambda: tg.RNNCell(2, 2), second_order=True, max_examples=1,
                        gradcheck_examples=1, second_order_examples=1)
 

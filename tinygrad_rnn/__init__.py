@@ -46,6 +46,8 @@ def __getattr__(name):
         return importlib.import_module(f".{name}", __name__)
     if name == "inspect":
         return importlib.import_module(".inspect", __name__)
+    if name == "compile":           # the compiled path imports numba: only when asked for
+        return importlib.import_module(".compile", __name__)     # callable: tg.compile(cell)
     if name == "detect_anomaly":
         return importlib.import_module(".inspect", __name__).detect_anomaly
     raise AttributeError(f"module 'tinygrad_rnn' has no attribute {name!r}")

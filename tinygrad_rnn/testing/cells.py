@@ -8,8 +8,8 @@ A user's test file needs one line per cell::
         check_cell(lambda: MyCell(3, 5))          # input_size read from the cell
 
 Hypothesis draws sequence lengths, batch sizes, inputs, initial states and weight seeds, in
-float64, and checks five properties (six for a cell that runs whole sequences, and a seventh
-on request):
+float64, and checks five properties (a sixth for a cell that runs whole sequences, a seventh
+for a cell the compiler can run, and an eighth on request):
 
 1. BPTT gradients of every parameter, the inputs and the initial state equal central finite
    differences (every element on a few small cases; the dot-product test
@@ -23,7 +23,10 @@ on request):
    equal the sum of the windows' separate gradients;
 6. for a cell that defines ``forward_sequence``: it gives the outputs, final state and
    gradients that stepping ``forward`` gives, with and without ``lengths``;
-7. (``second_order=True``) BPTT's own derivatives: the gradients differentiated again
+7. ``tg.compile(cell)`` (the generated loops) gives the eager outputs, final state and
+   every gradient, with and without ``lengths``. A cell the compiler cannot run is skipped
+   with a warning saying why.
+8. (``second_order=True``) BPTT's own derivatives: the gradients differentiated again
    (``create_graph``) equal central differences of the first-order gradients
    (``gradgradcheck``), for the parameters, the inputs and the initial state.
 
@@ -52,7 +55,8 @@ PROPERTIES = {
     4: "a padded sequence with lengths equals the unpadded sequence",
     5: "truncated BPTT equals full BPTT when the window covers the sequence",
     6: "forward_sequence equals the stepped forward (values and gradients, with lengths)",
-    7: "second derivatives of BPTT equal finite differences of its gradients",
+    7: "the compiled cell (tg.compile) equals the eager cell",
+    8: "second derivatives of BPTT equal finite differences of its gradients",
 }
 
 # Values compared between two computations of the same thing (batched vs one row at a
@@ -76,7 +80,7 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
     ``max_steps`` steps and batches of 1 to ``max_batch``. ``derandomize=True`` makes every
     run draw the same examples (deterministic CI); ``False`` explores new ones each run.
     ``atol``/``rtol`` are the finite-difference tolerances of property 1.
-    ``second_order=True`` adds property 7 (``second_order_examples`` examples of at most 2
+    ``second_order=True`` adds property 8 (``second_order_examples`` examples of at most 2
     steps: each costs two backwards per parameter element).
 
     The cell runs in eval mode (``cell.eval()``): dropout masks would make finite
@@ -95,13 +99,22 @@ def check_cell(factory, input_size=None, *, max_examples=25, gradcheck_examples=
         suite = _Suite(factory, int(size), probe, name, max_steps, max_batch, atol, rtol)
         properties = suite.properties()
         if second_order:
-            properties.append((7, suite.second_derivatives, suite.cases(max_steps=2, max_batch=2),
+            properties.append((8, suite.second_derivatives, suite.cases(max_steps=2, max_batch=2),
                                True))
         for number, prop, strategy, full_check in properties:
             n = gradcheck_examples if full_check else max_examples
-            if number == 7:
+            if number == 8:
                 n = second_order_examples
             _run(prop, strategy, n, derandomize, name, number)
+        blocker = _compile_blocker(probe, int(size))
+        if blocker is None:
+            # Few examples: each is cheap, but the first compiles (seconds, then cached).
+            _run(suite.compiled_matches_eager, suite.cases(lengths=True), min(max_examples, 8),
+                 derandomize, name, 7)
+        else:
+            import warnings
+            warnings.warn(f"check_cell({name}): property (7) skipped, the cell does not compile: "
+                          f"{blocker}", stacklevel=2)
 
 
 # --- building cells --------------------------------------------------------------------
@@ -293,7 +306,7 @@ class _Suite:
             check_vjp(fn, Tensor(case.xs, requires_grad=True, name="xs"), *leaves,
                       params=_parameters(cell), atol=self.atol, rtol=self.rtol)
 
-    # --- property 7 ----------------------------------------------------------------------
+    # --- property 8 ----------------------------------------------------------------------
 
     def second_derivatives(self, case):
         """gradgradcheck of the unroll: d/dx of (dL/dx . u) against finite differences."""
@@ -542,6 +555,31 @@ class _Suite:
             for name, g, g_step in zip(names, grads, grads_step):
                 _assert_close(g, g_step, f"gradient of {name}: forward_sequence vs stepping, {given}")
 
+    # --- property 7 ----------------------------------------------------------------------
+
+    def compiled_matches_eager(self, case):
+        from ..compile import compile  # imports numba: only for this property
+        cell = self.build(case.weight_seed)
+        params = _parameters(cell)
+        runs = []
+        for runner in (cell, compile(cell, fallback=False)):
+            state, leaves = self.initial_state(cell, case, requires_grad=True)
+            xs = Tensor(case.xs, requires_grad=True)
+            _zero_grads(params)
+            ys, final = Unroll(runner)(xs, state, case.lengths)
+            outs = tree_leaves(ys) + tree_leaves(final)
+            rng = np.random.default_rng(case.weight_seed)
+            _project(outs, [rng.standard_normal(o.shape) for o in outs]).backward()
+            runs.append(([o.data for o in outs], [_grad(xs)] + [_grad(s) for s in leaves]
+                         + _grads(params)))
+        (outs_c, grads_c), (outs_e, grads_e) = runs[1], runs[0]
+        for k, (a, b) in enumerate(zip(outs_c, outs_e)):
+            _assert_close(a, b, f"compiled vs eager: output/final-state leaf {k}")
+        names = ["xs"] + [f"initial state leaf {i}" for i in range(len(grads_c) - 1 - len(params))]
+        names += [n for n, _ in _named(cell)]
+        for name, a, b in zip(names, grads_c, grads_e):
+            _assert_close(a, b, f"compiled vs eager: gradient of {name}")
+
 
 class _Stepped:
     """A cell seen without its forward_sequence, so that Unroll steps it with forward."""
@@ -555,6 +593,28 @@ class _Stepped:
 
     def __call__(self, x, state):
         return self.cell(x, state)
+
+
+def _compile_blocker(probe, input_size):
+    """Why ``tg.compile`` would run this cell eager (a sentence), or None if it compiles."""
+    try:
+        from ..compile import CompileError, compile
+    except ImportError as exc:          # numba missing
+        return str(exc)
+    try:
+        compiled = compile(probe, fallback=False)
+        layers = getattr(compiled, "cells", [compiled])
+        for layer in layers:
+            with no_grad(), default_dtype(np.float64):
+                state = layer.init_state(2)
+            leaf = tree_leaves(state)[0]
+            size = input_size if layer is layers[0] else layer.input_size
+            layer.program(2, size, leaf.dtype, state)
+    except CompileError as exc:
+        return str(exc)
+    except Exception as exc:            # the trace itself failed: say how, as the note
+        return f"tracing it raised {type(exc).__name__}: {exc}"
+    return None
 
 
 # --- comparison helpers --------------------------------------------------------------------

@@ -1,0 +1,542 @@
+"""From a classified step graph to the Python source of two Numba loops over time.
+
+Layout first (`Layout`): the carry-dependent nodes, in trace order, become a schedule of
+items: a GEMM with a loop-invariant weight (``np.dot`` into a preallocated buffer), a fused
+elementwise group (maximal runs of elementwise ops of one width: one ``for b, for j`` loop
+nest whose intermediate values are scalars in registers), a concatenation, a reduction over
+the feature axis. ``split``/``chunk`` and column slices make no code: they are views, a
+column offset into the array they came from. A value gets an array only when it must: read
+by a later item, read by the reverse loop (what the rules' adjoints need is saved for all
+steps), or the source of a view.
+
+Then `source()` writes ``forward_train`` (saves what backward needs), ``forward_infer``
+(saves nothing: two state slots, per-step buffers) and ``backward`` (the reverse loop: per
+step the adjoints of the carry-dependent values only; the weight gradients are left to one
+GEMM over all T·B rows afterwards, in `runtime`).
+"""
+
+import re
+
+import numpy as np
+
+from ..ops import Cat, GetItem, Linear, MatMul, Max, Split, Sum
+from . import rules
+from .graph import CARRY, INVARIANT, PERSTEP, Node, Value, column_slice
+
+_FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*(?:e[-+]?\d+)?)")
+
+
+class Group:
+    """A fused elementwise loop nest: nodes of one output width n, over (b, j) in (B, n)."""
+
+    def __init__(self, width):
+        self.width, self.nodes = width, []
+
+
+class Gemm:
+    def __init__(self, node, transposed):
+        self.node, self.transposed = node, transposed     # Linear: x @ W.T; MatMul: x @ W
+
+
+class Layout:
+    """Where every value of the loop lives and the order of the items of one step."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.B = graph.batch
+        self.dtype = graph.x.dtype
+        self.nodes = [n for n in graph.nodes if n.outputs[0].kind == CARRY]
+        self._number_values()
+        self._views()
+        self._copy_gemm_views()
+        self._schedule()
+        self._storage()
+        self._arrays()
+
+    # -- values ---------------------------------------------------------------------------
+    def _number_values(self):
+        count = 0
+        for v in self.graph.states + [out for n in self.nodes for out in n.outputs]:
+            v.num, count = count, count + 1
+            v.base, v.col, v.group = v, 0, None
+            v.stored = v.saved = v.has_adjoint = False
+        self.count = count
+
+    def _views(self):
+        # Views of hoisted per-step values too (the GRU's x_r, x_z, x_n): the loop then reads
+        # the one hoisted (T, B, 3H) array at column offsets, and its adjoint is one array.
+        perstep = [n for n in self.graph.nodes if n.outputs[0].kind == PERSTEP]
+        for node in perstep + self.nodes:
+            if node.op is Split:
+                src, off = node.inputs[0], 0
+                for out, size in zip(node.outputs, node.attrs["sizes"]):
+                    out.base, out.col = src.base, src.col + off
+                    off += size
+            elif node.op is GetItem:
+                src = node.inputs[0]
+                start, _ = column_slice(node.attrs["index"], src.shape)
+                out = node.outputs[0]
+                out.base, out.col = src.base, src.col + start
+
+    @staticmethod
+    def is_view(v):
+        return v.kind == CARRY and v.base is not v
+
+    def _copy_gemm_views(self):
+        """A GEMM reads a whole contiguous array: copy a view (a gate block) first."""
+        nodes = []
+        for node in self.nodes:
+            if node.op in (Linear, MatMul) and self.is_view(node.inputs[0]):
+                src = node.inputs[0]
+                copy = Node(rules.Copy, [src], {}, node.site)
+                out = Value("op", src.shape, src.dtype, node=copy)
+                copy.outputs[0] = out
+                out.kind, out.num, self.count = CARRY, self.count, self.count + 1
+                out.base, out.col, out.group = out, 0, None
+                out.stored = out.saved = out.has_adjoint = False
+                node.inputs[0] = out
+                nodes.append(copy)
+            nodes.append(node)
+        self.nodes = nodes
+
+    # -- schedule -------------------------------------------------------------------------
+    def _schedule(self):
+        self.items = []
+        group = None
+        for node in self.nodes:
+            if node.op in (Split, GetItem):
+                continue                                    # views: no code
+            if node.rule.kind == "elementwise":
+                out = node.outputs[0]
+                width = out.shape[1]
+                fits = group is not None and group.width == width and not any(
+                    self.is_view(v) and v.base.group is group for v in node.inputs)
+                if not fits:
+                    group = Group(width)
+                    self.items.append(group)
+                group.nodes.append(node)
+                out.group = group
+                continue
+            group = None
+            if node.op in (Linear, MatMul):
+                self.items.append(Gemm(node, transposed=node.op is Linear))
+            else:
+                self.items.append(node)                     # Cat, Sum, Max
+
+    # -- which values need arrays ---------------------------------------------------------
+    def _storage(self):
+        item_of = {}
+        for item in self.items:
+            for node in self._item_nodes(item):
+                item_of[id(node)] = item
+        for node in self.nodes:
+            if node.op in (Split, GetItem):
+                continue
+            mine = item_of[id(node)]
+            for v in node.inputs:
+                if v.kind != CARRY:
+                    continue
+                base = v.base
+                if base.group is None or base.group is not mine or self.is_view(v):
+                    base.has_adjoint = True                 # read by another item
+                    base.stored = True
+            for name in node.rule.needs if node.rule.kind == "elementwise" else ():
+                v = node.outputs[0] if name == "y" else node.inputs[node.rule.inputs.index(name)]
+                if v.kind == CARRY:
+                    v.base.stored = v.base.saved = True
+            if node.op in (Linear, MatMul):
+                node.inputs[0].base.saved = True            # dW = sum_t dG_t^T x_t
+            if node.op is Max:
+                node.inputs[0].base.saved = node.outputs[0].saved = True
+        for node in self.nodes:
+            for out in node.outputs:
+                if out.base is out and out.group is None and out.node is not None:
+                    out.stored = True                       # GEMM, cat, reduction outputs
+
+    @staticmethod
+    def _item_nodes(item):
+        if isinstance(item, Group):
+            return item.nodes
+        return [item.node] if isinstance(item, Gemm) else [item]
+
+    # -- arrays the functions take ----------------------------------------------------------
+    def _arrays(self):
+        g = self.graph
+        read_in_loop = []
+        for node in self.nodes:
+            read_in_loop += node.inputs
+        read_in_loop += g.results
+        self.perstep, self.invariants, seen = [], [], set()
+        for node in self.nodes:
+            for k, v in enumerate(node.inputs):
+                if node.op in (Linear, MatMul) and k == 1:
+                    continue
+                self._register(v, seen)
+        for v in g.results:
+            self._register(v, seen)
+        self.weights = [item.node.inputs[1] for item in self.items if isinstance(item, Gemm)]
+        self.outputs = list(_leaves(g.output_tree))
+        self.new_states = list(_leaves(g.state_tree))
+        self.stored = [v for n in self.nodes for v in n.outputs if v.stored]
+
+    def _register(self, v, seen):
+        if v.kind == PERSTEP:
+            v = v.base
+        if v.kind == CARRY or id(v) in seen:
+            return
+        seen.add(id(v))
+        v.num, self.count = self.count, self.count + 1
+        (self.perstep if v.kind == PERSTEP else self.invariants).append(v)
+
+
+def _leaves(tree):
+    from ..rnn.cell import tree_leaves
+    return tree_leaves(tree)
+
+
+def norm2d(shape):
+    """An invariant's shape as the 2-D array the loops index: () -> (1, 1), (n,) -> (1, n)."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, shape[0])
+    return tuple(shape)
+
+
+# --- source -------------------------------------------------------------------------------
+
+class _Writer:
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, depth, text):
+        self.lines.append("    " * depth + text)
+
+
+class Source:
+    """Writes the three functions of one Layout."""
+
+    def __init__(self, layout):
+        self.L = layout
+        self.float = "float32" if layout.dtype == np.float32 else "float64"
+        L = layout
+        self.arg_names = {
+            "lengths": "lengths",
+            "perstep": [f"P{v.num}" for v in L.perstep],
+            "states": [f"S{v.num}" for v in L.graph.states],
+            "invariants": [f"V{v.num}" for v in L.invariants],
+            "stored": [f"A{v.num}" for v in L.stored],
+            "outputs": [f"Y{k}" for k in range(len(L.outputs))],
+        }
+
+    # -- the argument lists (runtime builds the arrays in the same order) ------------------
+    def forward_args(self):
+        L = self.L
+        return (["lengths"] + self.arg_names["perstep"] + self.arg_names["states"]
+                + self.arg_names["invariants"] + [f"WF{k}" for k in range(len(L.weights))]
+                + self.arg_names["stored"] + self.arg_names["outputs"])
+
+    def backward_args(self):
+        L = self.L
+        return (["lengths"] + self.arg_names["perstep"] + self.arg_names["states"]
+                + self.arg_names["invariants"] + [f"WB{k}" for k in range(len(L.weights))]
+                + self.arg_names["stored"]
+                + [f"gY{k}" for k in range(len(L.outputs))]
+                + [f"GSi{v.num}" for v in L.graph.states] + [f"GSo{v.num}" for v in L.graph.states]
+                + [f"GP{v.num}" for v in L.perstep] + [f"GV{v.num}" for v in L.invariants]
+                + [f"G{v.num}" for v in self.adjoint_buffers()]
+                + [f"DG{item.node.outputs[0].num}" for item in self.gemms()]
+                + [f"TMP{k}" for k in range(len(self.gemms()))])
+
+    def gemms(self):
+        return [item for item in self.L.items if isinstance(item, Gemm)]
+
+    def adjoint_buffers(self):
+        """Per-step adjoint arrays (B, n): values read by another item, except GEMM outputs,
+        whose adjoints are kept for every step (DG) for the weight-gradient GEMM."""
+        gemm_outs = set(id(g.node.outputs[0]) for g in self.gemms())
+        return [v for v in self.L.stored if v.has_adjoint and id(v) not in gemm_outs]
+
+    # -- value access -----------------------------------------------------------------------
+    @staticmethod
+    def _cols(v, width, j=None):
+        """The column subscript of ``v`` at loop column ``j`` (default: the loop's ``j``, or
+        0 where ``v`` has one column and broadcasts along the row), plus a view's offset."""
+        cols = norm2d(v.shape)[1] if v.kind == INVARIANT else v.shape[1]
+        off = v.col if v.kind != INVARIANT else 0
+        if j is None:
+            j = "j" if cols == width else "0"
+        if j == "0":
+            return str(off)
+        return j if off == 0 else f"{off} + {j}"
+
+    def _index(self, v, width, ts, cur, j=None):
+        """``[rows, cols]`` subscript of a value read at (b, j) in a loop of ``width``."""
+        rows = norm2d(v.shape)[0] if v.kind == INVARIANT else v.shape[0]
+        # Values of the loop are (B, n): indexed by b even when B = 1, so that every batch
+        # size shares one source (and one compilation); invariants broadcast by shape.
+        r = "b" if rows > 1 or v.kind != INVARIANT else "0"
+        c = self._cols(v, width, j)
+        if v.kind == CARRY:
+            base = v.base
+            if base.source == "state":
+                return f"S{base.num}[{cur}, {r}, {c}]"
+            t = ts if base.saved else "0"
+            return f"A{base.num}[{t}, {r}, {c}]"
+        if v.kind == PERSTEP:
+            return f"P{v.base.num}[t, {r}, {c}]"
+        return f"V{v.num}[{r}, {c}]"
+
+    def read(self, v, width, group, mode, j=None):
+        """A forward value: a register if made in this group (forward), else its array."""
+        if mode != "backward" and group is not None and v.group is group and not self.L.is_view(v):
+            return f"v{v.num}"
+        ts = "t" if mode in ("train", "backward") else "0"
+        cur = "t" if mode in ("train", "backward") else "cur"
+        return self._index(v, width, ts, cur, j)
+
+    def adjoint(self, v, width, group, j=None):
+        """Where the adjoint of ``v`` at (b, j) accumulates; None if nobody wants it."""
+        if v.kind == INVARIANT:
+            return None if not v.requires_grad else "G" + self._index(v, width, "", "", j)
+        if v.kind == PERSTEP:
+            return "G" + self._index(v, width, "t", "", j)
+        if group is not None and v.group is group and not self.L.is_view(v):
+            return f"g{v.num}"
+        c = self._cols(v, width, j)
+        base = v.base
+        if base.source == "state":
+            return f"GSo{base.num}[b, {c}]"
+        if base.node is not None and base.node.op in (Linear, MatMul):
+            return f"DG{base.num}[t, b, {c}]"
+        return f"G{base.num}[b, {c}]"
+
+    def lit(self, text):
+        return _FLOAT_LITERAL.sub(r"fl(\1)", text)
+
+    # -- the module ---------------------------------------------------------------------------
+    def module(self, title):
+        bits = "32" if self.float == "float32" else "64"
+        w = _Writer()
+        w(0, f'"""Generated by tinygrad_rnn.compile for {title}. Do not edit: regenerated."""')
+        w(0, "import numpy as np")
+        w(0, "from numba import njit")
+        w(0, f"from tinygrad_rnn._numba_math import exp{bits} as exp, tanh{bits} as tanh, "
+             f"sigmoid{bits} as sigmoid, relu{bits} as relu, select, sign, log, sqrt")
+        w(0, "")
+        w(0, f"fl = np.{self.float}")
+        w(0, 'OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})')
+        for mode in ("train", "infer"):
+            w(0, "")
+            w(0, "")
+            self._forward(w, mode)
+        w(0, "")
+        w(0, "")
+        self._backward(w)
+        return "\n".join(w.lines) + "\n"
+
+    def _forward(self, w, mode):
+        L = self.L
+        w(0, "@njit(**OPTIONS)")
+        w(0, f"def forward_{mode}({', '.join(self.forward_args())}):")
+        w(1, "T, B = Y0.shape[0], Y0.shape[1]")
+        w(1, "for t in range(T):")
+        if mode == "train":
+            w(2, "cur, nxt = t, t + 1")
+        else:
+            w(2, "cur = t & 1")
+            w(2, "nxt = 1 - cur")
+        for item in L.items:
+            if isinstance(item, Group):
+                self._forward_group(w, item, mode)
+            elif isinstance(item, Gemm):
+                self._forward_gemm(w, item, mode)
+            else:
+                self._forward_structural(w, item, mode)
+        self._forward_result_copies(w, mode)
+
+    def _ts(self, v, mode):
+        return "t" if (v.saved and mode in ("train", "backward")) else "0"
+
+    def _forward_gemm(self, w, item, mode):
+        node = item.node
+        x, out = node.inputs[0], node.outputs[0]
+        k = self.gemms().index(item)
+        src = (f"S{x.num}[cur]" if x.source == "state" else f"A{x.num}[{self._ts(x, mode)}]")
+        w(2, f"# {node.name}: x @ W{'.T' if item.transposed else ''}")
+        w(2, f"np.dot({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
+
+    def _result_writes(self, v, expr, depth, w):
+        for k, o in enumerate(self.L.outputs):
+            if o is v:
+                w(depth, f"Y{k}[t, b, j] = {expr} if valid else fl(0.0)")
+        for s, n in zip(self.L.graph.states, self.L.new_states):
+            if n is v:
+                w(depth, f"S{s.num}[nxt, b, j] = {expr} if valid else S{s.num}[cur, b, j]")
+
+    def _forward_group(self, w, group, mode):
+        w(2, f"# fused elementwise: {', '.join(n.name for n in group.nodes)}")
+        w(2, "for b in range(B):")
+        w(3, "valid = t < lengths[b]")
+        w(3, f"for j in range({group.width}):")
+        for node in group.nodes:
+            out = node.outputs[0]
+            names = {name: self.read(v, group.width, group, mode)
+                     for name, v in zip(node.rule.inputs, node.inputs)}
+            w(4, f"v{out.num} = {self.lit(node.rule.forward.format(**names))}")
+            if out.stored:
+                w(4, f"A{out.num}[{self._ts(out, mode)}, b, j] = v{out.num}")
+            self._result_writes(out, f"v{out.num}", 4, w)
+
+    def _forward_structural(self, w, node, mode):
+        out = node.outputs[0]
+        dst = f"A{out.num}[{self._ts(out, mode)}"
+        w(2, f"# {node.name}")
+        w(2, "for b in range(B):")
+        if node.op is Cat:
+            off = 0
+            for part in node.inputs:
+                n = part.shape[1]
+                w(3, f"for j in range({n}):")
+                w(4, f"{dst}, b, {off} + j] = {self.read(part, n, None, mode)}")
+                off += n
+        elif node.op is Sum:
+            a = node.inputs[0]
+            w(3, "acc = fl(0.0)")
+            w(3, f"for j in range({a.shape[1]}):")
+            w(4, f"acc += {self.read(a, a.shape[1], None, mode)}")
+            w(3, f"{dst}, b, 0] = acc")
+        elif node.op is Max:
+            a = node.inputs[0]
+            w(3, f"acc = {self.read(a, a.shape[1], None, mode, j='0')}")
+            w(3, f"for j in range({a.shape[1]}):")
+            w(4, f"acc = max(acc, {self.read(a, a.shape[1], None, mode)})")
+            w(3, f"{dst}, b, 0] = acc")
+
+    def _forward_result_copies(self, w, mode):
+        L = self.L
+        pending = [v for v in L.outputs + L.new_states if v.group is None or v.kind != CARRY
+                   or L.is_view(v)]
+        done = set()
+        for v in pending:
+            if id(v) in done:
+                continue
+            done.add(id(v))
+            n = v.shape[1]
+            w(2, "for b in range(B):")
+            w(3, "valid = t < lengths[b]")
+            w(3, f"for j in range({n}):")
+            self._result_writes(v, self.read(v, n, None, mode), 4, w)
+
+    # -- backward ---------------------------------------------------------------------------
+    def _backward(self, w):
+        L = self.L
+        states = L.graph.states
+        w(0, "@njit(**OPTIONS)")
+        w(0, f"def backward({', '.join(self.backward_args())}):")
+        w(1, "T, B = gY0.shape[0], gY0.shape[1]")
+        w(1, "for t in range(T - 1, -1, -1):")
+        for v in self.adjoint_buffers():
+            w(2, f"G{v.num}[:] = fl(0.0)")
+        w(2, "for b in range(B):")
+        w(3, "valid = t < lengths[b]")
+        for s in states:
+            w(3, f"for j in range({s.shape[1]}):")
+            w(4, f"GSo{s.num}[b, j] = fl(0.0) if valid else GSi{s.num}[b, j]")
+        seeds = [v for v in L.outputs + L.new_states if v.group is None or v.kind != CARRY
+                 or L.is_view(v)]
+        done = set()
+        for v in seeds:
+            if id(v) in done:
+                continue
+            done.add(id(v))
+            target = self.adjoint(v, v.shape[1], None)
+            if target is None:
+                continue
+            w(3, f"for j in range({v.shape[1]}):")
+            for term in self._seed_terms(v):
+                w(4, f"{target} += {term}")
+        for item in reversed(L.items):
+            if isinstance(item, Group):
+                self._backward_group(w, item)
+            elif isinstance(item, Gemm):
+                self._backward_gemm(w, item)
+            else:
+                self._backward_structural(w, item)
+        incoming = ", ".join(f"GSi{s.num}" for s in states)
+        outgoing = ", ".join(f"GSo{s.num}" for s in states)
+        w(2, f"{incoming}, {outgoing} = {outgoing}, {incoming}     # step t-1 receives these")
+        w(1, f"return ({incoming},)")
+
+    def _seed_terms(self, v):
+        terms = []
+        for k, o in enumerate(self.L.outputs):
+            if o is v:
+                terms.append(f"(gY{k}[t, b, j] if valid else fl(0.0))")
+        for s, n in zip(self.L.graph.states, self.L.new_states):
+            if n is v:
+                terms.append(f"(GSi{s.num}[b, j] if valid else fl(0.0))")
+        return terms
+
+    def _backward_group(self, w, group):
+        w(2, f"# reverse of: {', '.join(n.name for n in group.nodes)}")
+        w(2, "for b in range(B):")
+        w(3, "valid = t < lengths[b]")
+        w(3, f"for j in range({group.width}):")
+        for node in group.nodes:
+            out = node.outputs[0]
+            init = [f"G{out.num}[b, j]"] if out.has_adjoint else []
+            init += self._seed_terms(out)
+            w(4, f"g{out.num} = {' + '.join(init) if init else 'fl(0.0)'}")
+        for node in reversed(group.nodes):
+            out = node.outputs[0]
+            names = {name: self.read(v, group.width, group, "backward")
+                     for name, v in zip(node.rule.inputs, node.inputs)}
+            names["y"] = self.read(out, group.width, group, "backward")
+            names["g"] = f"g{out.num}"
+            for v, grad in zip(node.inputs, node.rule.grads):
+                if grad is None:
+                    continue
+                target = self.adjoint(v, group.width, group)
+                if target is not None:
+                    w(4, f"{target} += {self.lit(grad.format(**names))}")
+
+    def _backward_gemm(self, w, item):
+        node = item.node
+        x, out = node.inputs[0], node.outputs[0]
+        k = self.gemms().index(item)
+        w(2, f"# reverse of {node.name}: dx = dG @ W{'' if item.transposed else '.T'}")
+        w(2, f"np.dot(DG{out.num}[t], WB{k}, TMP{k})")
+        w(2, "for b in range(B):")
+        w(3, f"for j in range({x.shape[1]}):")
+        w(4, f"{self.adjoint(x, x.shape[1], None)} += TMP{k}[b, j]")
+
+    def _backward_structural(self, w, node):
+        out = node.outputs[0]
+        width = out.shape[1] if node.op is Cat else node.inputs[0].shape[1]
+        g_out = self.adjoint(out, width, None)
+        w(2, f"# reverse of {node.name}")
+        w(2, "for b in range(B):")
+        if node.op is Cat:
+            off = 0
+            for part in node.inputs:
+                n = part.shape[1]
+                target = self.adjoint(part, n, None)
+                if target is not None:
+                    w(3, f"for j in range({n}):")
+                    w(4, f"{target} += {self.adjoint(out, width, None, j=f'{off} + j')}")
+                off += n
+        elif node.op is Sum:
+            a = node.inputs[0]
+            w(3, f"for j in range({a.shape[1]}):")
+            w(4, f"{self.adjoint(a, a.shape[1], None)} += {g_out}")
+        elif node.op is Max:
+            a = node.inputs[0]
+            n = a.shape[1]
+            val = self.read(a, n, None, "backward")
+            m = self.read(out, n, None, "backward")
+            w(3, "count = fl(0.0)")
+            w(3, f"for j in range({n}):")
+            w(4, f"count += fl(1.0) if {val} == {m} else fl(0.0)")
+            w(3, f"for j in range({n}):")
+            w(4, f"{self.adjoint(a, n, None)} += ({g_out} / count) if {val} == {m} else fl(0.0)")

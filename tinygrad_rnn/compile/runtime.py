@@ -1,0 +1,190 @@
+"""Running a compiled sequence: the work outside the loop and the one tape node.
+
+`Program.run` does, per call:
+1. the loop-invariant values (weights, their slices, constants) and the hoisted per-step
+   values, as ordinary eager ops: the per-step ones on ``xs`` reshaped to (T·B, I), so each
+   hoisted linear is ONE GEMM over all steps and its backward (``dW_ih``, ``dx``, the bias
+   sum) comes from the tape as single GEMMs too;
+2. one `SequenceFunction` node whose inputs are those hoisted tensors, the initial state's
+   leaves and the weights used inside the loop, and whose outputs are every step's outputs
+   and the final state. Its forward runs the generated forward loop; its backward the reverse
+   loop, then ``dW_hh = sum_t dG_t^T h_{t-1}`` as one GEMM over all T·B rows.
+Weights are read from ``param.data`` at every call, so in-place optimizer updates are seen.
+"""
+
+import numpy as np
+
+from ..autograd import Function, is_grad_enabled
+from ..rnn.cell import tree_leaves, tree_map
+from ..tensor import Tensor, zeros
+from . import cache, codegen
+from .graph import CARRY, INVARIANT, PERSTEP
+
+
+class SequenceFunction(Function):
+    """The whole compiled recurrence as one tape node (many inputs, many outputs)."""
+
+    name = "compiled_sequence"
+
+    def forward(self, *arrays, program, steps, lengths, train):
+        self.program = program
+        return program.forward(self, arrays, steps, lengths, train)
+
+    def backward(self, *grads):
+        for g in grads:
+            if g is not None and not isinstance(g, np.ndarray):
+                raise RuntimeError("compiled_sequence: its backward is not differentiable "
+                                   "(gradients of gradients); run the cell eager for that: "
+                                   "tg.compile(cell).eager")
+        return self.program.backward(self, grads)
+
+
+def _tile_rows(t, T, B):
+    """A (B, n) loop-invariant tensor repeated for the (T·B, n) rows of a hoisted op."""
+    if not t.requires_grad:
+        return Tensor(np.tile(t.data, (T, 1)))
+    return (zeros(T, 1, 1, dtype=t.dtype) + t.reshape(1, *t.shape)).reshape(T * B, t.shape[1])
+
+
+class Program:
+    """The generated loops of one traced graph, and how to feed them."""
+
+    def __init__(self, graph, title):
+        self.graph = graph
+        self.layout = codegen.Layout(graph)
+        self.writer = codegen.Source(self.layout)
+        self.source = self.writer.module(title)
+        self._module = None
+        L = self.layout
+        # The node's tensor inputs: hoisted per-step values, initial state, invariants.
+        self.invariant_inputs = []
+        for v in L.invariants + L.weights:
+            if all(v is not u for u in self.invariant_inputs):
+                self.invariant_inputs.append(v)
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = cache.load(self.source)
+        return self._module
+
+    # -- per call ---------------------------------------------------------------------------
+    def run(self, xs, state, lengths):
+        g, L = self.graph, self.layout
+        T, B = xs.shape[0], xs.shape[1]
+        env = self._outside_loop(xs, T, B)
+        tensors = ([env[id(v)].reshape(T, B, v.shape[1]) for v in L.perstep]
+                   + tree_leaves(state)
+                   + [env.get(id(v), v.tensor) for v in self.invariant_inputs])
+        lengths = (np.full(B, T, dtype=np.int64) if lengths is None
+                   else np.asarray(lengths, dtype=np.int64))
+        train = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        outs = SequenceFunction.apply(*tensors, program=self, steps=T, lengths=lengths,
+                                      train=train)
+        n_out = len(L.outputs)
+        ys, finals = list(outs[:n_out]), list(outs[n_out:])
+        it_y, it_s = iter(ys), iter(finals)
+        return (tree_map(lambda _: next(it_y), g.output_tree),
+                tree_map(lambda _: next(it_s), g.state_tree))
+
+    def _outside_loop(self, xs, T, B):
+        """Every value that does not depend on the state, by the eager ops themselves."""
+        g = self.graph
+        env = {id(g.x): xs.reshape(T * B, xs.shape[2])}
+        for node in g.nodes:
+            kind = node.outputs[0].kind
+            if kind == CARRY:
+                continue
+            args = []
+            for k, v in enumerate(node.inputs):
+                t = env.get(id(v), v.tensor)
+                weight_slot = node.op.__name__ in ("Linear", "MatMul") and k > 0
+                if (kind == PERSTEP and v.kind == INVARIANT and not weight_slot and B > 1
+                        and len(v.shape) == 2 and v.shape[0] == B):
+                    t = _tile_rows(t, T, B)
+                args.append(t)
+            out = node.op.apply(*args, **node.attrs)
+            outs = out if isinstance(out, tuple) else (out,)
+            for v, t in zip(node.outputs, outs):
+                env[id(v)] = t
+        return env
+
+    # -- the node's forward and backward ------------------------------------------------------
+    def _split_inputs(self, arrays):
+        L = self.layout
+        n_p, n_s = len(L.perstep), len(self.graph.states)
+        dt = self.graph.x.dtype
+        P = [np.ascontiguousarray(a, dtype=dt) for a in arrays[:n_p]]
+        S0 = arrays[n_p:n_p + n_s]
+        inv = dict(zip(map(id, self.invariant_inputs), arrays[n_p + n_s:]))
+        return P, S0, inv
+
+    def forward(self, ctx, arrays, T, lengths, train):
+        L, W = self.layout, self.writer
+        P, S0, inv = self._split_inputs(arrays)
+        B = len(lengths)
+        dt = self.graph.x.dtype
+        slots = T + 1 if train else 2
+        S = []
+        for s0 in S0:
+            s = np.empty((slots,) + s0.shape, dtype=dt)
+            s[0] = s0
+            S.append(s)
+        V = [np.ascontiguousarray(inv[id(v)].reshape(codegen.norm2d(v.shape))) for v in L.invariants]
+        WF = []
+        for item in W.gemms():
+            w = inv[id(item.node.inputs[1])]
+            WF.append(np.ascontiguousarray(w.T if item.transposed else w, dtype=dt))
+        A = [np.empty(((T if (train and v.saved) else 1), B, v.shape[1]), dtype=dt) for v in L.stored]
+        Y = [np.empty((T, B, v.shape[1]), dtype=dt) for v in L.outputs]
+        run = self.module.forward_train if train else self.module.forward_infer
+        run(lengths, *P, *S, *V, *WF, *A, *Y)
+        last = T if train else T & 1
+        finals = [s[last].copy() for s in S]
+        if train:
+            ctx.saved = (T, lengths, P, S, V, inv, A)
+        return tuple(Y) + tuple(finals)
+
+    def backward(self, ctx, grads):
+        L, W = self.layout, self.writer
+        T, lengths, P, S, V, inv, A = ctx.saved
+        B = len(lengths)
+        dt = self.graph.x.dtype
+        n_out = len(L.outputs)
+
+        def given(g, shape):
+            return np.zeros(shape, dt) if g is None else np.ascontiguousarray(g, dtype=dt)
+
+        gY = [given(g, (T, B, v.shape[1])) for g, v in zip(grads[:n_out], L.outputs)]
+        GSi = [given(g, s.shape[1:]).copy() for g, s in zip(grads[n_out:], S)]
+        GSo = [np.empty_like(x) for x in GSi]
+        GP = [np.zeros_like(p) for p in P]
+        GV = [np.zeros_like(v) for v in V]
+        WB, DG, TMP = [], [], []
+        for item in W.gemms():
+            w = inv[id(item.node.inputs[1])]
+            WB.append(np.ascontiguousarray(w if item.transposed else w.T, dtype=dt))
+            DG.append(np.zeros((T, B, item.node.outputs[0].shape[1]), dt))
+            TMP.append(np.empty((B, item.node.inputs[0].shape[1]), dt))
+        G = [np.empty((B, v.shape[1]), dt) for v in W.adjoint_buffers()]
+        d_state = self.module.backward(lengths, *P, *S, *V, *WB, *A, *gY, *GSi, *GSo, *GP, *GV,
+                                       *G, *DG, *TMP)
+        need = ctx.needs_input_grad
+        n_front = len(P) + len(S)
+        wanted = {id(v) for v, n in zip(self.invariant_inputs, need[n_front:]) if n}
+        grads_inv = {}
+        for v, gv in zip(L.invariants, GV):
+            if v.requires_grad and id(v) in wanted:
+                grads_inv[id(v)] = gv.reshape(v.shape)
+        stored = {id(v): a for v, a in zip(L.stored, A)}
+        for item, dg in zip(W.gemms(), DG):
+            x, w = item.node.inputs
+            if id(w) not in wanted:
+                continue                                  # a frozen weight: no GEMM
+            xs = S[self.graph.states.index(x)][:T] if x.source == "state" else stored[id(x)]
+            dg2, x2 = dg.reshape(T * B, -1), xs.reshape(T * B, -1)
+            dw = dg2.T @ x2 if item.transposed else x2.T @ dg2       # one GEMM over all T·B
+            grads_inv[id(w)] = dw if id(w) not in grads_inv else grads_inv[id(w)] + dw
+        out = list(GP) + list(d_state) + [grads_inv.get(id(v)) for v in self.invariant_inputs]
+        return tuple(g if n else None for g, n in zip(out, need))
+
