@@ -14,29 +14,57 @@ Weights are read from ``param.data`` at every call, so in-place optimizer update
 
 import numpy as np
 
-from ..autograd import Function, is_grad_enabled
+from ..autograd import Function, grad, is_grad_enabled
+from ..ops import Reshape
 from ..rnn.cell import tree_leaves, tree_map
-from ..tensor import Tensor, zeros
-from . import cache, codegen
+from ..rnn.unroll import _stop_finished
+from ..tensor import Tensor, stack, zeros
+from . import cache, codegen, rules
 from .graph import CARRY, INVARIANT, PERSTEP
 
 
 class SequenceFunction(Function):
-    """The whole compiled recurrence as one tape node (many inputs, many outputs)."""
+    """The whole compiled recurrence as one tape node (many inputs, many outputs).
+
+    Its inputs: the hoisted per-step values (T, B, n), the initial state's leaves and the
+    loop-invariant values the loop reads (weights first of all); its outputs: every step's
+    outputs (T, B, n) and the final state's leaves. The first-order backward is the generated
+    reverse loop, on arrays. Under ``create_graph=True`` (gradients of gradients) the rule
+    falls back to eager: `Program.replay` runs the traced step's ops on the node's own input
+    Tensors over the T steps, and the input gradients are taken through that replay, on the
+    tape, so they can be differentiated again (the same numbers as the eager cell).
+    """
 
     name = "compiled_sequence"
+    differentiable_backward = True      # the walk's Tensor path calls backward on Tensors
 
     def forward(self, *arrays, program, steps, lengths, train):
-        self.program = program
+        self.program, self.steps, self.lengths = program, steps, lengths
+        # The reverse loop reads every input, so the version check watches all of them; on
+        # the Tensor path these names hold the node's input Tensors (autograd._graph_rule).
+        self.saved_inputs = tuple(f"input_{k}" for k in range(len(arrays)))
         return program.forward(self, arrays, steps, lengths, train)
 
     def backward(self, *grads):
-        for g in grads:
-            if g is not None and not isinstance(g, np.ndarray):
-                raise RuntimeError("compiled_sequence: its backward is not differentiable "
-                                   "(gradients of gradients); run the cell eager for that: "
-                                   "tg.compile(cell).eager")
+        if any(isinstance(g, Tensor) for g in grads):
+            return self._backward_on_tensors(grads)
         return self.program.backward(self, grads)
+
+    def _backward_on_tensors(self, grads):
+        """create_graph: the input gradients through an eager replay of the sequence."""
+        inputs = [getattr(self, name) for name in self.saved_inputs]
+        need = self.needs_input_grad
+        # Fresh aliases: grad() wrt an alias is the partial derivative wrt that input alone,
+        # even where one input is computed from another (a weight and its slice).
+        aliases = [Reshape.apply(t, shape=t.shape) if n else t for t, n in zip(inputs, need)]
+        results = self.program.replay(aliases, self.steps, self.lengths)
+        pairs = [(r, g) for r, g in zip(results, grads) if g is not None and r.requires_grad]
+        wanted = [a for a, n in zip(aliases, need) if n]
+        if not pairs or not wanted:
+            return tuple(None for _ in inputs)
+        found = iter(grad([r for r, _ in pairs], wanted, grad_outputs=[g for _, g in pairs],
+                          create_graph=True, allow_unused=True))
+        return tuple(next(found) if n else None for n in need)
 
 
 def _tile_rows(t, T, B):
@@ -108,6 +136,42 @@ class Program:
             for v, t in zip(node.outputs, outs):
                 env[id(v)] = t
         return env
+
+    def replay(self, inputs, T, lengths):
+        """The sequence run eagerly from the node's input Tensors (``inputs`` in the node's
+        order): the traced step's ops, applied step by step with their recorded attributes,
+        and the lengths masking of the loop. Returns the node's outputs as Tensors: every
+        step's outputs stacked (T, B, n), then the final state's leaves. Used for gradients
+        of gradients only (create_graph), where every op must be on the tape."""
+        g, L = self.graph, self.layout
+        n_p, n_s = len(L.perstep), len(g.states)
+        perstep, state = inputs[:n_p], list(inputs[n_p:n_p + n_s])
+        invariant = {id(v): t for v, t in zip(self.invariant_inputs, inputs[n_p + n_s:])}
+        # The views of hoisted values the loop reads (the GRU's x_r, x_z, x_n slices).
+        views = [n for n in g.nodes if n.outputs[0].kind == PERSTEP and n.op.__name__ in
+                 ("Split", "GetItem")]
+        steps = []
+        for t in range(T):
+            env = dict(invariant)
+            env.update((id(v), p[t]) for v, p in zip(L.perstep, perstep))
+            env.update((id(v), s) for v, s in zip(g.states, state))
+            for node in views + L.nodes:
+                if not all(id(v) in env for v in node.inputs):
+                    continue                     # a view the loop does not read
+                args = [env[id(v)] for v in node.inputs]
+                if node.op is rules.Copy:        # the identity the compiler adds for a GEMM
+                    out = args[0]
+                else:
+                    out = node.op.apply(*args, **node.attrs)
+                outs = out if isinstance(out, tuple) else (out,)
+                env.update((id(v), o) for v, o in zip(node.outputs, outs))
+            out_t = [env[id(v)] for v in L.outputs]
+            new_state = [env[id(v)] for v in L.new_states]
+            out_t, new_state = _stop_finished(t, lengths, out_t, new_state, state)
+            steps.append(out_t)
+            state = new_state
+        ys = [stack([step[k] for step in steps]) for k in range(len(L.outputs))]
+        return ys + list(state)
 
     # -- the node's forward and backward ------------------------------------------------------
     def _split_inputs(self, arrays):
