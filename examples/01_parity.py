@@ -23,7 +23,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args  # this folder's shared helpers
+from _common import compiled, fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 
@@ -38,10 +38,10 @@ def make_batch(rng, batch_size, min_len, max_len):
 
 
 class ParityClassifier(nn.Module):
-    def __init__(self, hidden_size, layers=2):
+    def __init__(self, hidden_size, layers=2, eager=False):
         # A multi-layer RNN: layer k's output is layer k+1's input at every step.
         cells = [tg.GRUCell(2 if k == 0 else hidden_size, hidden_size, dtype=DTYPE) for k in range(layers)]
-        self.rnn = tg.Unroll(tg.Stack(cells))
+        self.rnn = tg.Unroll(compiled(tg.Stack(cells), eager))
         self.readout = nn.Linear(hidden_size, 2, dtype=DTYPE)
 
     def forward(self, xs, lengths):
@@ -58,12 +58,12 @@ def accuracy(model, rng, n, min_len, max_len):
         return float((model(xs, lengths).data.argmax(-1) == labels).mean())
 
 
-def main(steps=400, seed=0, quick=False, out_dir=None):
+def main(steps=400, seed=0, quick=False, out_dir=None, eager=False):
     """Train, then return {"accuracy", "accuracy_longer", "loss_first", "loss_last", ...}."""
     hidden, batch, max_len = (8, 16, 6) if quick else (32, 64, 20)
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = ParityClassifier(hidden)
+    model = ParityClassifier(hidden, eager=eager)
 
     def batch_loss():
         xs, lengths, labels = make_batch(rng, batch, 1, max_len)
@@ -83,4 +83,4 @@ def main(steps=400, seed=0, quick=False, out_dir=None):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=400)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

@@ -23,7 +23,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
+from _common import compiled, fit, parse_args, pyplot, save_figure  # this folder's shared helpers
 
 DTYPE = np.float32
 NOISE = 0.1
@@ -50,7 +50,7 @@ def forecast(cell, readout, observed, horizon):
     return preds.data[:, :, 0]                                          # (horizon, B)
 
 
-def main(steps=1200, seed=0, quick=False, out_dir=None):
+def main(steps=1200, seed=0, quick=False, out_dir=None, eager=False):
     """Train, forecast, plot; return {"forecast_mse", "baseline_zero_mse", ...}."""
     hidden, batch, length = (8, 8, 30) if quick else (32, 32, 100)
     warmup, horizon = (20, 20) if quick else (60, 60)
@@ -62,7 +62,7 @@ def main(steps=1200, seed=0, quick=False, out_dir=None):
     def batch_loss():
         _, noisy = sine_waves(rng, batch, length)
         xs = tg.Tensor(noisy[:-1, :, None])                             # lagged values (T-1, B, 1)
-        ys, _ = tg.Unroll(cell)(xs)                                      # many-to-many
+        ys, _ = tg.Unroll(compiled(cell, eager))(xs)                     # many-to-many
         return F.mse(readout(ys), tg.Tensor(noisy[1:, :, None]))        # predict the next value
 
     start = time.perf_counter()
@@ -111,4 +111,4 @@ def plot(noisy, clean, preds, warmup, out_dir):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=1200)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

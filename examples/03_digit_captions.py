@@ -23,7 +23,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args  # this folder's shared helpers
+from _common import compiled, fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 
@@ -76,13 +76,14 @@ def spell(digits):
 
 
 class Captioner(nn.Module):
-    def __init__(self, hidden_size, embed_size):
+    def __init__(self, hidden_size, embed_size, eager=False):
         rows, cols = CANVAS
         self.encoder_hidden = nn.Linear(rows * cols, 128, dtype=DTYPE)      # image -> features
         self.encoder = nn.Linear(128, hidden_size, dtype=DTYPE)             # features -> h_0
         self.embed = nn.Embedding(VOCAB, embed_size, dtype=DTYPE)
         self.decoder = tg.GRUCell(embed_size, hidden_size, dtype=DTYPE)
         self.readout = nn.Linear(hidden_size, VOCAB, dtype=DTYPE)           # y_t = W_hy h_t
+        self.teacher_forced = tg.Unroll(compiled(self.decoder, eager))      # same Parameters
 
     def initial_state(self, images):
         features = self.encoder_hidden(tg.Tensor(images)).relu()
@@ -90,7 +91,7 @@ class Captioner(nn.Module):
 
     def forward(self, images, char_inputs):
         """Teacher forcing: character logits (MAX_LEN, B, VOCAB)."""
-        ys, _ = tg.Unroll(self.decoder)(self.embed(char_inputs), state=self.initial_state(images))
+        ys, _ = self.teacher_forced(self.embed(char_inputs), state=self.initial_state(images))
         return self.readout(ys)
 
     def caption(self, images):
@@ -118,12 +119,12 @@ def ascii_art(image):
     return "\n".join("".join("#" if p > 0.5 else "." for p in row) for row in image.reshape(rows, cols))
 
 
-def main(steps=1500, seed=0, quick=False, out_dir=None):
+def main(steps=1500, seed=0, quick=False, out_dir=None, eager=False):
     """Train, caption fresh images; return {"exact_match", "loss_first", "loss_last", ...}."""
     hidden, embed, batch = (16, 8, 16) if quick else (64, 16, 64)
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = Captioner(hidden, embed)
+    model = Captioner(hidden, embed, eager=eager)
 
     def batch_loss():
         digits = rng.integers(0, 10, batch)
@@ -154,4 +155,4 @@ def main(steps=1500, seed=0, quick=False, out_dir=None):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=1500)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

@@ -23,7 +23,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args  # this folder's shared helpers
+from _common import compiled, fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 EOS, BOS, PAD = 10, 11, 12          # tokens 0..9 are the digits
@@ -46,10 +46,11 @@ def make_batch(rng, batch_size, max_len):
 
 
 class Reverser(nn.Module):
-    def __init__(self, hidden_size, embed_size):
+    def __init__(self, hidden_size, embed_size, eager=False):
         self.embed = nn.Embedding(VOCAB, embed_size, dtype=DTYPE)        # shared by both sides
-        self.seq2seq = tg.Seq2Seq(tg.GRUCell(embed_size, hidden_size, dtype=DTYPE),   # encoder
-                                  tg.GRUCell(embed_size, hidden_size, dtype=DTYPE))   # decoder
+        encoder, decoder = (compiled(tg.GRUCell(embed_size, hidden_size, dtype=DTYPE), eager)
+                            for _ in range(2))
+        self.seq2seq = tg.Seq2Seq(encoder, decoder)
         self.readout = nn.Linear(hidden_size, VOCAB, dtype=DTYPE)
 
     def forward(self, src, lengths, tgt_in):
@@ -84,12 +85,12 @@ def until_eos(tokens):
     return tokens[:tokens.index(EOS)] if EOS in tokens else tokens
 
 
-def main(steps=2500, seed=0, quick=False, out_dir=None):
+def main(steps=2500, seed=0, quick=False, out_dir=None, eager=False):
     """Train, decode fresh strings; return {"sequence_accuracy", "token_accuracy", ...}."""
     hidden, embed, batch, max_len = (16, 8, 16, 4) if quick else (128, 16, 64, 8)
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = Reverser(hidden, embed)
+    model = Reverser(hidden, embed, eager=eager)
 
     def batch_loss():
         src, lengths, tgt_in, tgt_out = make_batch(rng, batch, max_len)
@@ -121,4 +122,4 @@ def main(steps=2500, seed=0, quick=False, out_dir=None):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=2500)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

@@ -29,7 +29,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
+from _common import compiled, fit, parse_args, pyplot, save_figure  # this folder's shared helpers
 
 DTYPE = np.float32
 BASELINE = 1 / 6        # the variance of the sum of two uniforms: the mse of always saying 1.0
@@ -70,22 +70,23 @@ def input_gradient_norms(cell, readout, xs, targets):
     return np.sqrt((xs.grad.astype(np.float64) ** 2).sum(axis=(1, 2)))
 
 
-def train(kind, steps, hidden, batch, T, seed):
+def train(kind, steps, hidden, batch, T, seed, eager=False):
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cell = make_cell(kind, hidden)
     readout = nn.Linear(hidden, 1, dtype=DTYPE)
     grad_in = input_gradient_norms(cell, readout, *adding_batch(rng, 256, T))
+    fast = compiled(cell, eager)           # the same Parameters, whole sequences compiled
 
     def batch_loss():
         xs, targets = adding_batch(rng, batch, T)
-        return F.mse(predict(cell, readout, xs), targets)
+        return F.mse(predict(fast, readout, xs), targets)
 
     start = time.perf_counter()
     losses, norms = fit(cell.parameters() + readout.parameters(), batch_loss, steps, lr=1e-2, log=False)
     with tg.no_grad():
         xs, targets = adding_batch(rng, 2000, T)
-        test_mse = F.mse(predict(cell, readout, xs), targets).item()
+        test_mse = F.mse(predict(fast, readout, xs), targets).item()
     return {"losses": np.array(losses), "grad_norms": np.array(norms), "input_grad": grad_in,
             "test_mse": test_mse, "seconds": time.perf_counter() - start}
 
@@ -95,14 +96,14 @@ def smooth(x, window):
     return np.convolve(x, np.ones(window) / window, mode="valid")
 
 
-def main(steps=1200, seed=0, quick=False, out_dir=None, T=None):
+def main(steps=1200, seed=0, quick=False, out_dir=None, T=None, eager=False):
     """Train the three cells; return {kind: {"test_mse", "losses", "grad_norms", ...}, "plot"}."""
     hidden, batch = (8, 16) if quick else (32, 64)
     T = T if T is not None else (10 if quick else 50)
     results = {}
     print(f"adding problem, T = {T}: mse of always predicting the mean = {BASELINE:.3f}")
     for kind in ("RNN", "LSTM", "GRU"):
-        r = results[kind] = train(kind, steps, hidden, batch, T, seed)
+        r = results[kind] = train(kind, steps, hidden, batch, T, seed, eager)
         g, n = r["input_grad"], r["grad_norms"]
         print(f"\n{kind}: trained {steps} steps in {r['seconds']:.1f} s")
         print(f"  at init, ||dL/dx_t||: t = T-1 (last step) {g[-1]:.2e}, t = T/2 {g[T // 2]:.2e}, "
@@ -139,4 +140,4 @@ def plot(results, T, out_dir):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=1200)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

@@ -27,7 +27,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args  # this folder's shared helpers
+from _common import compiled, fit, parse_args  # this folder's shared helpers
 
 DTYPE = np.float32
 
@@ -75,7 +75,7 @@ def echo_batch(rng, batch_size, T, symbols, delay):
     return tg.Tensor(np.eye(symbols, dtype=DTYPE)[seq]), targets, mask
 
 
-def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10):
+def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10, eager=False):
     """Property-test and train the MGU; return {"accuracy", "checked", "loss_first", ...}."""
     symbols, delay, T, hidden, batch = (4, 2, 8, 16, 16) if quick else (8, 6, 24, 48, 64)
     if quick:
@@ -84,7 +84,7 @@ def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10):
 
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    rnn = tg.Unroll(MGUCell(symbols, hidden, dtype=DTYPE))
+    rnn = tg.Unroll(compiled(MGUCell(symbols, hidden, dtype=DTYPE), eager))
     readout = nn.Linear(hidden, symbols, dtype=DTYPE)
     gru_params = tg.GRUCell(symbols, hidden).num_parameters()
     print(f"MGU with {rnn.num_parameters()} parameters (a GRU of the same size has {gru_params})")
@@ -112,4 +112,4 @@ def main(steps=1000, seed=0, quick=False, out_dir=None, check_examples=10):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=1000)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

@@ -40,7 +40,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.nn import functional as F
 
-from _common import fit, parse_args, pyplot, save_figure  # this folder's shared helpers
+from _common import compiled, fit, parse_args, pyplot, save_figure  # this folder's shared helpers
 
 adding = importlib.import_module("05_adding_problem")      # its data, baseline and LSTM
 
@@ -56,15 +56,13 @@ MODELS = ("LSTM", "minGRU x3")
 KEEP_BIAS = 3.0
 
 
-def make_model(kind, hidden, layers=3):
+def make_model(kind, hidden, layers=3, eager=False):
     """(cell, readout, how it runs)."""
     readout = nn.Linear(hidden, 1, dtype=DTYPE)
     if kind == "LSTM":
         cell = adding.make_cell("LSTM", hidden)
         cell.bias_ih.data[hidden:2 * hidden] = KEEP_BIAS        # gates i, f, g, o
-        if hasattr(tg, "compile"):
-            return tg.compile(cell), readout, "compiled"
-        return cell, readout, "eager, stepped"
+        return compiled(cell, eager), readout, "eager, stepped" if eager else "compiled"
     sizes = [2] + [hidden] * layers
     cells = [tg.MinGRUCell(i, o, dtype=DTYPE) for i, o in zip(sizes, sizes[1:])]
     for cell in cells:
@@ -76,10 +74,10 @@ def count(cell, readout):
     return sum(p.size for p in cell.parameters() + readout.parameters())
 
 
-def train(kind, T, steps, hidden, batch, seed):
+def train(kind, T, steps, hidden, batch, seed, eager=False):
     tg.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cell, readout, how = make_model(kind, hidden)
+    cell, readout, how = make_model(kind, hidden, eager=eager)
     starts, ends = [], []                 # (wall, CPU) clock readings around every step
 
     def batch_loss():
@@ -108,7 +106,7 @@ def _clocks():
     return time.perf_counter(), time.process_time()
 
 
-def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None):
+def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None, eager=False):
     """{T: {kind: {"test_mse", "step_ms", ...}}, "plot": path or None}."""
     hidden, batch = (8, 16) if quick else (32, 64)
     lengths = lengths or ((20, 40) if quick else (100, 400, 1000))
@@ -116,7 +114,7 @@ def main(steps=400, seed=0, quick=False, out_dir=None, lengths=None):
     print(f"adding problem; mse of always predicting the mean = {BASELINE:.3f}; {steps} steps, "
           f"batch {batch}")
     for T in lengths:
-        results[T] = {kind: train(kind, T, steps, hidden, batch, seed) for kind in MODELS}
+        results[T] = {kind: train(kind, T, steps, hidden, batch, seed, eager) for kind in MODELS}
         for kind, r in results[T].items():
             lo, hi = r["step_ms_spread"]
             print(f"T = {T:4d}  {kind:10s} ({r['parameters']} parameters, {r['how']}): test mse "
@@ -161,4 +159,4 @@ def plot(results, lengths, out_dir):
 
 if __name__ == "__main__":
     args = parse_args(__doc__, steps=400)
-    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out)
+    main(steps=args.steps, seed=args.seed, quick=args.quick, out_dir=args.out, eager=args.eager)

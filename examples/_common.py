@@ -12,19 +12,28 @@ import sys
 
 import numpy as np
 
+import tinygrad_rnn as tg
 from tinygrad_rnn.optim import Adam, clip_grad_norm
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
 def parse_args(doc, steps):
-    """``--steps``, ``--seed``, ``--out`` and ``--quick``, with the example's docstring as help."""
+    """``--steps``, ``--seed``, ``--out``, ``--quick``, ``--eager``; the example's docstring as help."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default 0)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="directory for plots (default examples/out)")
     parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke test")
+    parser.add_argument("--eager", action="store_true",
+                        help="step the cells op by op instead of the compiled path (tg.compile)")
     return parser.parse_args()
+
+
+def compiled(cell, eager=False):
+    """``tg.compile(cell)``: whole sequences in generated loops, the same numbers and Parameters;
+    with ``eager`` the cell itself, stepped op by op (the readable ground truth)."""
+    return cell if eager else tg.compile(cell)
 
 
 def fit(params, batch_loss, steps, lr, label="loss", show_grad_norm=False, log=True):

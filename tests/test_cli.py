@@ -163,8 +163,9 @@ def test_custom_cell_by_import_path(tmp_path, text_file):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_stops_with_a_clear_error(tmp_path, text_file, capsys):
     BlowUpCell.calls = -1                     # the dry step that checks the cell
+    # Eager: the cell counts its own calls, and the compiled path calls forward only to trace.
     code, ckpt, m = train(tmp_path, text_file, "--cell", f"{__name__}:BlowUpCell", "--steps", "10",
-                          "--eval-every", "0")
+                          "--eval-every", "0", "--eager")
     assert code == 1
     assert "training diverged at step 3: the loss is nan" in capsys.readouterr().err
     assert m["status"] == "diverged" and m["steps"] == 2 and len(m["train_loss"]) == 2
@@ -296,10 +297,13 @@ def test_an_old_npz_checkpoint_still_samples_and_resumes(tmp_path, text_file, ca
     assert f"'{old}' is an older checkpoint: pass --checkpoint {old}" in capsys.readouterr().err
 
 
-def test_bench_prints_a_row_per_cell(capsys):
+@pytest.mark.parametrize("flags,path", [([], "compiled (tg.compile)"), (["--eager"], "eager")])
+def test_bench_prints_a_row_per_cell(capsys, flags, path):
     assert main(["bench", "--seq-len", "5", "--batch", "2", "--input", "3", "--hidden", "4",
-                 "--repeats", "1"]) == 0
-    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+                 "--repeats", "1", *flags]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f", {path}, " in out[0]
+    rows = [line.split()[0] for line in out[2:]]
     assert rows == ["rnn", "lstm", "gru"]
     assert main(["bench", "--cells", "lstm,transformer"]) == 2
 
@@ -348,3 +352,35 @@ def test_python_dash_m_and_an_unknown_subcommand(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["transformer"])
     assert exc.value.code == 2 and "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_train_runs_compiled_by_default_with_the_eager_numbers(tmp_path, text_file):
+    code, _, compiled = train(tmp_path, text_file, "--steps", "20", name="compiled")
+    assert code == 0
+    code, _, eager = train(tmp_path, text_file, "--steps", "20", "--eager", name="eager")
+    assert code == 0
+    # float32, 20 Adam steps: the two paths round differently, nothing more.
+    np.testing.assert_allclose(compiled["train_loss"], eager["train_loss"], rtol=2e-3)
+    assert compiled["train_loss"][-1] < compiled["train_loss"][0] - 0.5
+
+
+def test_charlm_compile_shares_parameters_and_gives_the_eager_gradients():
+    from tinygrad_rnn.compile import CompiledStack
+    from tinygrad_rnn.training import CharLM
+    tg.manual_seed(0)
+    eager = CharLM(11, cell="lstm", hidden=8, layers=2, embed=4, dtype=np.float64)
+    compiled = CharLM(11, cell="lstm", hidden=8, layers=2, embed=4, dtype=np.float64)
+    compiled.load_state_dict(eager.state_dict())
+    params_before = [id(p) for p in compiled.parameters()]
+    compiled.compile()
+    assert isinstance(compiled.rnn.cell, CompiledStack)
+    assert [id(p) for p in compiled.parameters()] == params_before
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    ids = np.random.default_rng(0).integers(0, 11, size=(7, 3))
+    results = []
+    for model in (eager, compiled):
+        logits, (state_1, state_2) = model(ids)
+        (logits * logits).sum().backward()
+        results.append([logits.data, state_2[1].data] + [p.grad for p in model.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)

@@ -238,3 +238,14 @@ def test_script_runs_from_the_command_line(name, tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout or "mse" in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["01_parity", "04_seq2seq_reverse"])
+def test_examples_compiled_by_default_learn_what_eager_learns(name, tmp_path):
+    """The examples run the compiled path unless --eager: the same training, to float32
+    rounding (the examples compute in float32; the two paths sum in different orders)."""
+    ex = load(name)
+    compiled = ex.main(steps=40, seed=0, quick=True, out_dir=str(tmp_path))
+    eager = ex.main(steps=40, seed=0, quick=True, out_dir=str(tmp_path), eager=True)
+    assert compiled["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-6)
+    assert compiled["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-3)

@@ -27,6 +27,8 @@ def add_arguments(p):
                    help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="BLAS threads, 0 leaves the BLAS default (default: %(default)s)")
+    p.add_argument("--eager", action="store_true",
+                   help="time the eager engine (op by op) instead of the compiled path")
     p.add_argument("--repeats", type=int, default=5, metavar="N",
                    help="timed runs after one warm-up; the median is shown (default: %(default)s)")
 
@@ -61,10 +63,16 @@ def _bench(args):
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     init.manual_seed(0)
-    print(f"T={T} B={B} I={I} H={H} {dtype.name}, median of {args.repeats}")
+    path = "eager" if args.eager else "compiled (tg.compile)"
+    print(f"T={T} B={B} I={I} H={H} {dtype.name}, {path}, median of {args.repeats} "
+          "(the first call compiles and is not timed)")
     print(f"{'cell':6} {'forward ms':>11} {'fwd+bwd ms':>11} {'chars/s':>10}")
     for name in names:
-        rnn = Unroll(CELLS[name](I, H, dtype=dtype))
+        cell = CELLS[name](I, H, dtype=dtype)
+        if not args.eager:
+            from ..compile import compile  # imports numba: only when asked for
+            cell = compile(cell)
+        rnn = Unroll(cell)
         xs = Tensor(rng.standard_normal((T, B, I)).astype(dtype), requires_grad=True)
         v = rng.standard_normal((T, B, H)).astype(dtype)
 

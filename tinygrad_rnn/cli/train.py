@@ -119,6 +119,9 @@ def add_arguments(p):
     run.add_argument("--threads", type=_nonneg_int, default=1, metavar="N",
                      help="BLAS threads; 1 is fastest for these small matrices, 0 leaves the BLAS "
                           "default (default: %(default)s)")
+    run.add_argument("--eager", action="store_true",
+                     help="step the cell op by op instead of running each sequence as compiled "
+                          "loops (tg.compile): the readable ground truth, several times slower")
 
 
 def run(args):
@@ -234,6 +237,8 @@ def open_run(args):
         model, _ = model_from_checkpoint(ckpt, path)
     else:
         model = build_model(cfg, len(vocab))
+    if not args.eager:
+        model.compile()
     cfg["dtype"] = model.dtype.name
     optimizer = optim.Adam(model.parameters(), lr=cfg["lr"])
     sample_rng = np.random.default_rng([cfg["seed"], 1])

@@ -142,7 +142,8 @@ def compile(module, fallback=True):
     per signature traces and compiles; kernels are cached on disk). The result shares the
     original's Parameters. A cell that uses an op the compiler cannot put in its loop runs
     eager with a one-time `CompileWarning` naming the op and the line; ``fallback=False``
-    raises `CompileError` instead (at the first sequence).
+    raises `CompileError` instead (at the first sequence). A cell that defines its own
+    ``forward_sequence`` (a linear scan, as `MinGRUCell`) is returned unchanged.
     """
     if isinstance(module, (CompiledCell, CompiledStack)):
         return module
@@ -155,6 +156,8 @@ def compile(module, fallback=True):
                              compile(module.backward_rnn.cell, fallback),
                              batch_first=module.batch_first)
     if isinstance(module, Cell):
+        if getattr(module, "forward_sequence", None) is not None:
+            return module       # it runs its sequences itself already (a scan: MinGRUCell)
         return CompiledCell(module, fallback)
     kind = type(module).__name__ if isinstance(module, Module) else repr(module)
     raise TypeError(f"tg.compile: expected a Cell (or a Stack, Unroll or Bidirectional), "

@@ -152,6 +152,13 @@ class CharLM(nn.Module):
         with default_dtype(self.dtype):
             return self.rnn.cell.init_state(batch_size)
 
+    def compile(self):
+        """Run the recurrence by the compiled path (`tinygrad_rnn.compile`) from now on: the
+        same Parameters and state-dict names, the same numbers to float rounding."""
+        from ..compile import compile
+        self.rnn = compile(self.rnn)
+        return self
+
     def config(self):
         return {"cell": self.cell_spec, "hidden": self.hidden, "layers": self.layers,
                 "embed": self.embed_size, "vocab_size": self.vocab_size, "dtype": self.dtype.name}
