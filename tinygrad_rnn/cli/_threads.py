@@ -1,4 +1,4 @@
-"""Set the number of BLAS threads at run time (numpy's bundled OpenBLAS).
+"""Set the number of BLAS threads at run time (numpy's and SciPy's bundled OpenBLAS).
 
 The recurrent step multiplies small matrices ((B, H) @ (H, 4H) with B = 32, H = 128), where
 OpenBLAS's thread pool costs more than it gains, and on a shared machine its spinning
@@ -28,13 +28,16 @@ _SYMBOLS = (
 
 
 def _openblas_controls():
-    """(set_num_threads, get_num_threads) of the OpenBLAS numpy loaded, or None."""
+    """(set_num_threads, get_num_threads) of every bundled OpenBLAS loaded: numpy's, and
+    SciPy's, which Numba's ``np.dot`` calls inside the compiled loops (tg.compile)."""
     site = os.path.dirname(os.path.dirname(np.__file__))
-    patterns = ("numpy.libs/lib*openblas*", "numpy/.dylibs/lib*openblas*")
+    patterns = ("numpy.libs/lib*openblas*", "numpy/.dylibs/lib*openblas*",
+                "scipy.libs/lib*openblas*", "scipy/.dylibs/lib*openblas*")
+    found = []
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.join(site, pattern))):
             try:
-                lib = ctypes.CDLL(path)        # already loaded by numpy: same handle
+                lib = ctypes.CDLL(path)        # already loaded by numpy or scipy: same handle
             except OSError:
                 continue
             for setter, getter in _SYMBOLS:
@@ -42,8 +45,9 @@ def _openblas_controls():
                     set_fn, get_fn = getattr(lib, setter), getattr(lib, getter)
                     set_fn.argtypes, set_fn.restype = [ctypes.c_int], None
                     get_fn.argtypes, get_fn.restype = [], ctypes.c_int
-                    return set_fn, get_fn
-    return None
+                    found.append((set_fn, get_fn))
+                    break
+    return found
 
 
 @contextlib.contextmanager
@@ -53,14 +57,15 @@ def blas_threads(n):
     Yields the previous count, or None when ``n`` is 0 (leave BLAS alone) or numpy's BLAS
     is not a bundled OpenBLAS.
     """
-    controls = _openblas_controls() if n else None
-    if controls is None:
+    controls = _openblas_controls() if n else []
+    if not controls:
         yield None
         return
-    set_fn, get_fn = controls
-    before = get_fn()
-    set_fn(int(n))
+    before = [get_fn() for _, get_fn in controls]
+    for set_fn, _ in controls:
+        set_fn(int(n))
     try:
-        yield before
+        yield before[0]
     finally:
-        set_fn(before)
+        for (set_fn, _), count in zip(controls, before):
+            set_fn(count)
