@@ -1,7 +1,7 @@
 """From a classified step graph to the Python source of two Numba loops over time.
 
 Layout first (`Layout`): the carry-dependent nodes, in trace order, become a schedule of
-items: a GEMM with a loop-invariant weight (``np.dot`` into a preallocated buffer), a fused
+items: a GEMM with a loop-invariant weight (numpy's own BLAS, `blas.py`, into a preallocated buffer), a fused
 elementwise group (maximal runs of elementwise ops of one width: one ``for b, for j`` loop
 nest whose intermediate values are scalars in registers), a concatenation, a reduction over
 the feature axis. ``split``/``chunk`` and column slices make no code: they are views, a
@@ -20,7 +20,7 @@ import re
 import numpy as np
 
 from ..ops import Cat, GetItem, Linear, MatMul, Max, Split, Sum
-from . import rules
+from . import blas, rules
 from .graph import CARRY, INVARIANT, PERSTEP, Node, Value, column_slice
 
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*(?:e[-+]?\d+)?)")
@@ -323,6 +323,8 @@ class Source:
         w(0, "from numba import njit")
         w(0, f"from tinygrad_rnn._numba_math import exp{bits} as exp, tanh{bits} as tanh, "
              f"sigmoid{bits} as sigmoid, relu{bits} as relu, select, sign, log, sqrt")
+        w(0, f"from tinygrad_rnn.compile.blas import gemm{bits} as gemm, "
+             f"gemm_acc{bits} as gemm_acc  # {blas.KIND}")
         w(0, "")
         w(0, f"fl = np.{self.float}")
         w(0, 'OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})')
@@ -364,7 +366,7 @@ class Source:
         k = self.gemms().index(item)
         src = (f"S{x.num}[cur]" if x.source == "state" else f"A{x.num}[{self._ts(x, mode)}]")
         w(2, f"# {node.name}: x @ W{'.T' if item.transposed else ''}")
-        w(2, f"np.dot({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
+        w(2, f"gemm({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
 
     def _result_writes(self, v, expr, depth, w):
         for k, o in enumerate(self.L.outputs):
@@ -506,10 +508,15 @@ class Source:
         x, out = node.inputs[0], node.outputs[0]
         k = self.gemms().index(item)
         w(2, f"# reverse of {node.name}: dx = dG @ W{'' if item.transposed else '.T'}")
-        w(2, f"np.dot(DG{out.num}[t], WB{k}, TMP{k})")
+        target = self.adjoint(x, x.shape[1], None)
+        whole = re.fullmatch(r"(GSo\d+|G\d+)\[b, j\]", target)
+        if whole:                   # a whole (B, n) buffer: BLAS adds into it (beta = 1)
+            w(2, f"gemm_acc(DG{out.num}[t], WB{k}, {whole.group(1)})")
+            return
+        w(2, f"gemm(DG{out.num}[t], WB{k}, TMP{k})")
         w(2, "for b in range(B):")
         w(3, f"for j in range({x.shape[1]}):")
-        w(4, f"{self.adjoint(x, x.shape[1], None)} += TMP{k}[b, j]")
+        w(4, f"{target} += TMP{k}[b, j]")
 
     def _backward_structural(self, w, node):
         out = node.outputs[0]
