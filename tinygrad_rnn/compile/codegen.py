@@ -213,12 +213,59 @@ class _Writer:
         self.lines.append("    " * depth + text)
 
 
+_LOOP = re.compile(r"\s*for j in range\((\d+)\):$")
+_ADD_INTO = re.compile(r"(\s*)([A-Z]+\d+)\[(?:t, )?b, (?:(\d+) \+ )?j\] \+= (.*)")
+
+
+def _assign_single_writes(lines, widths, assigned):
+    """The reverse loop with ``+=`` turned into ``=`` for the adjoint buffers that each step
+    writes exactly once per element (``widths``: buffer name -> columns), whose zeroing then
+    goes: the LSTM's gate gradients and their (T, B, 4H) histories are written, not read,
+    modified and written after a memset (2.5 of 14.5 ms of its backward at M). A buffer
+    qualifies when every write to it is a whole ``for j`` loop of column range [off, off + n),
+    the ranges are disjoint, and together they cover the buffer. Adds the names to
+    ``assigned`` (the runtime allocates those without zeros)."""
+    writes = {name: [] for name in widths}
+    disqualified = set()
+    width = None
+    for k, line in enumerate(lines):
+        loop = _LOOP.match(line)
+        if loop:
+            width = int(loop.group(1))
+            continue
+        m = _ADD_INTO.fullmatch(line)
+        if m and m.group(2) in writes:
+            writes[m.group(2)].append((int(m.group(3) or 0), width, k))
+            continue
+        stripped = line.strip()
+        for name in writes:     # any other write (a broadcast column, BLAS's output): keep +=
+            if stripped == f"{name}[:] = fl(0.0)":
+                continue
+            if stripped.startswith(f"{name}[") or re.search(rf"gemm(_acc)?\(.*\b{name}\)$", stripped):
+                disqualified.add(name)
+    result = list(lines)
+    for name, found in writes.items():
+        if name in disqualified or not found:
+            continue
+        spans = sorted((off, off + n) for off, n, _ in found)
+        covered = spans[0][0] == 0 and spans[-1][1] == widths[name] and all(
+            a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        if not covered:
+            continue
+        assigned.add(name)
+        for _, _, k in found:
+            result[k] = result[k].replace(" += ", " = ", 1)
+    return [line for line in result
+            if not any(line.strip() == f"{name}[:] = fl(0.0)" for name in assigned)]
+
+
 class Source:
     """Writes the three functions of one Layout."""
 
     def __init__(self, layout):
         self.L = layout
         self.float = "float32" if layout.dtype == np.float32 else "float64"
+        self.assigned = set()       # adjoint buffers the reverse loop assigns (no zeros needed)
         L = layout
         self.arg_names = {
             "lengths": "lengths",
@@ -434,6 +481,7 @@ class Source:
     def _backward(self, w):
         L = self.L
         states = L.graph.states
+        start = len(w.lines)
         w(0, "@njit(**OPTIONS)")
         w(0, f"def backward({', '.join(self.backward_args())}):")
         w(1, "T, B = gY0.shape[0], gY0.shape[1]")
@@ -469,6 +517,10 @@ class Source:
         outgoing = ", ".join(f"GSo{s.num}" for s in states)
         w(2, f"{incoming}, {outgoing} = {outgoing}, {incoming}     # step t-1 receives these")
         w(1, f"return ({incoming},)")
+        widths = {f"G{v.num}": v.shape[1] for v in self.adjoint_buffers()}
+        widths.update((f"GP{v.num}", v.shape[1]) for v in L.perstep)
+        widths.update((f"DG{g.node.outputs[0].num}", g.node.outputs[0].shape[1]) for g in self.gemms())
+        w.lines[start:] = _assign_single_writes(w.lines[start:], widths, self.assigned)
 
     def _seed_terms(self, v):
         terms = []
