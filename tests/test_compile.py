@@ -400,3 +400,27 @@ def test_a_frozen_weight_gets_no_gradient_and_the_rest_match():
     want["params"] = [g for g in want["params"] if g is not None]
     assert len(got["params"]) == len(cell.parameters()) - 1
     _assert_same(got, want, 1e-10)
+
+
+def test_single_writes_are_assigned_only_when_each_element_is_written_once():
+    from tinygrad_rnn.compile.codegen import _assign_single_writes
+
+    def run(lines, width=8):
+        assigned = set()
+        out = _assign_single_writes(["        G4[:] = fl(0.0)"] + lines, {"G4": width}, assigned)
+        return out, assigned
+
+    halves = ["            for j in range(4):", "                G4[b, j] += g1",
+              "            for j in range(4):", "                G4[b, 4 + j] += g2"]
+    out, assigned = run(halves)
+    assert assigned == {"G4"} and "G4[:] = fl(0.0)" not in "\n".join(out)
+    assert "G4[b, j] = g1" in out[1] and "G4[b, 4 + j] = g2" in out[3]
+    # overlapping columns (a value with two consumers): both must add
+    out, assigned = run(halves[:2] + ["            for j in range(5):", "                G4[b, 3 + j] += g2"])
+    assert not assigned and out[0].strip() == "G4[:] = fl(0.0)"
+    # half the buffer never written: the zeros are needed
+    out, assigned = run(halves[:2])
+    assert not assigned
+    # BLAS adds into it, or a broadcast column: keep the zeros and +=
+    assert not run(halves + ["        gemm_acc(DG2[t], WB0, G4)"])[1]
+    assert not run(halves + ["            G4[b, 0] += g3"])[1]
