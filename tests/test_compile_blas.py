@@ -57,8 +57,11 @@ def test_numpys_bundled_openblas_is_used_when_numpy_has_one():
     assert blas.KIND == "numpy-cblas"
 
 
-def test_the_np_dot_fallback_gives_the_same_compiled_gradients(tmp_path):
-    # The fallback is what a numpy without bundled OpenBLAS runs; force it in a fresh process.
+@pytest.mark.parametrize("kind", ["numpy.dot", "loops"])
+def test_each_fallback_gives_the_same_compiled_gradients(tmp_path, kind):
+    # The fallbacks are what a numpy without bundled OpenBLAS runs; forced in fresh processes.
+    if kind == "numpy.dot":
+        pytest.importorskip("scipy.linalg.cython_blas", reason="Numba's np.dot needs SciPy")
     code = """
 import numpy as np, tinygrad_rnn as tg
 from tinygrad_rnn.compile import blas
@@ -70,18 +73,26 @@ ys.backward(np.random.default_rng(2).standard_normal((6, 2, 5)))
 np.savez(OUT, kind=blas.KIND, ys=ys.data, dx=xs.grad, *[p.grad for p in cell.parameters()])
 """
     results = {}
-    for kind in ("numpy.dot", "default"):
+    for which in (kind, "default"):
         env = dict(os.environ, TINYGRAD_RNN_CACHE_DIR=str(tmp_path / "cache"))
-        if kind == "numpy.dot":
-            env["TINYGRAD_RNN_BLAS"] = "numpy.dot"
-        else:
-            env.pop("TINYGRAD_RNN_BLAS", None)
-        out = tmp_path / f"{kind}.npz"
+        env.pop("TINYGRAD_RNN_BLAS", None)
+        if which != "default":
+            env["TINYGRAD_RNN_BLAS"] = which
+        out = tmp_path / f"{which}.npz"
         subprocess.run([sys.executable, "-c", code.replace("OUT", repr(str(out)))],
                        check=True, env=env, timeout=300)
-        results[kind] = np.load(out)
-    assert str(results["numpy.dot"]["kind"]) == "numpy.dot"
+        results[which] = np.load(out)
+    assert str(results[kind]["kind"]) == kind
     for name in results["default"].files:
         if name != "kind":
-            np.testing.assert_allclose(results["numpy.dot"][name], results["default"][name],
+            np.testing.assert_allclose(results[kind][name], results["default"][name],
                                        rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_an_unknown_blas_choice_is_refused():
+    code = "import tinygrad_rnn.compile.blas"
+    env = dict(os.environ, TINYGRAD_RNN_BLAS="mkl")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "TINYGRAD_RNN_BLAS='mkl': expected one of numpy-cblas, numpy.dot, loops" in result.stderr

@@ -11,9 +11,12 @@ on-disk cache stays valid across processes (a symbol name, not an address, is co
 ``gemm32(a, b, out)`` is ``out = a @ b``; ``gemm_acc32(a, b, out)`` is ``out += a @ b`` (BLAS's
 beta = 1: the reverse loop adds ``dG @ W`` into a state's gradient without a temporary).
 All three are C-contiguous 2-D float32 arrays (``gemm64``, ``gemm_acc64``: float64). Where
-numpy has no bundled OpenBLAS (a conda or Accelerate numpy), or ``TINYGRAD_RNN_BLAS=numpy.dot``
-is set, they are ``np.dot``; `KIND` says which is in use, and the generated source names it,
-so the two never share a cache entry.
+numpy has no bundled OpenBLAS (a conda or Accelerate numpy) they are ``np.dot`` if SciPy is
+installed (Numba's ``np.dot`` needs it), else plain Numba loops (slow at large sizes, but
+right). ``TINYGRAD_RNN_BLAS=numpy.dot`` or ``=loops`` picks one of those. `KIND` says which is
+in use, and the generated source names it, so they never share a cache entry. SciPy is not a
+dependency: besides, Numba imports ``scipy.linalg`` when it first compiles (0.5 s of every
+process's first compiled call here) only where SciPy is installed.
 """
 
 import ctypes
@@ -34,9 +37,12 @@ _CANDIDATES = (
 ROW_MAJOR, NO_TRANS = 101, 111     # CBLAS enum values
 
 
+_CHOICES = ("numpy-cblas", "numpy.dot", "loops")
+
+
 def _find_cblas():
     """(path, sgemm symbol, dgemm symbol, integer type) of numpy's bundled CBLAS, or None."""
-    if os.environ.get("TINYGRAD_RNN_BLAS") == "numpy.dot":         # an explicit opt-out
+    if os.environ.get("TINYGRAD_RNN_BLAS", "numpy-cblas") != "numpy-cblas":   # asked for another
         return None
     site = os.path.dirname(os.path.dirname(np.__file__))
     for pattern, prefix, suffix, int_type in _CANDIDATES:
@@ -51,8 +57,28 @@ def _find_cblas():
     return None
 
 
-_found = _find_cblas()
-KIND = "numpy-cblas" if _found else "numpy.dot"
+def _have_scipy_blas():
+    """Numba's ``np.dot`` needs SciPy's BLAS (scipy is not a dependency of this package)."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _choose():
+    asked = os.environ.get("TINYGRAD_RNN_BLAS")
+    if asked is not None and asked not in _CHOICES:
+        raise ValueError(f"TINYGRAD_RNN_BLAS={asked!r}: expected one of {', '.join(_CHOICES)}")
+    found = _find_cblas()
+    if found:
+        return "numpy-cblas", found
+    if asked != "loops" and _have_scipy_blas():
+        return "numpy.dot", None
+    return "loops", None
+
+
+KIND, _found = _choose()
 
 _options = dict(cache=True, nogil=True, inline="always")
 
@@ -96,7 +122,7 @@ if _found:
         _dgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K,
                b.ctypes.data, N, 1.0, out.ctypes.data, N)
 
-else:
+elif KIND == "numpy.dot":
     @njit(**_options)
     def gemm32(a, b, out):
         np.dot(a, b, out)
@@ -104,5 +130,22 @@ else:
     @njit(**_options)
     def gemm_acc32(a, b, out):
         out += np.dot(a, b)
+
+    gemm64, gemm_acc64 = gemm32, gemm_acc32
+
+else:
+    # No BLAS Numba can reach: plain loops, row by row (j innermost, so LLVM vectorizes it).
+    @njit(**_options)
+    def gemm_acc32(a, b, out):
+        for i in range(a.shape[0]):
+            for k in range(a.shape[1]):
+                s = a[i, k]
+                for j in range(b.shape[1]):
+                    out[i, j] += s * b[k, j]
+
+    @njit(**_options)
+    def gemm32(a, b, out):
+        out[:] = 0
+        gemm_acc32(a, b, out)
 
     gemm64, gemm_acc64 = gemm32, gemm_acc32
