@@ -52,10 +52,12 @@ CLAMP = int(np.float64(709.0).view(np.int64))
 INF = int(np.float64(np.inf).view(np.int64))
 
 
-# Inlined into their callers (Numba IR), so they vectorize with the caller's loop and take
-# its fastmath flags; never compiled alone. register_jitable, not njit: a first njit
-# dispatcher sets up Numba's CPU target at import, ~9 ms more before the first sigmoid.
-_inline = register_jitable(inline="always")
+def _inline(fn):
+    """Inlined into its callers (Numba IR), so it vectorizes with the caller's loop and takes
+    its fastmath flags; never compiled alone. register_jitable, not njit: a first njit
+    dispatcher sets up Numba's CPU target at import, ~9 ms more before the first sigmoid.
+    (A fresh register_jitable per function: it consumes its ``inline`` option.)"""
+    return register_jitable(inline="always")(fn)
 
 
 @_inline
