@@ -4,6 +4,7 @@ path, bad input or checkpoints fail clearly, and the dispatcher imports only the
 asked for."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -92,10 +93,12 @@ def test_train_learns_and_reports_metrics(tmp_path, text_file, capsys):
 
 def test_resume_is_bit_identical(tmp_path, text_file):
     """2N steps in one go == N steps, then --resume to 2N: same losses, weights, optimizer
-    moments and carried state. The tiny text wraps around (epochs) inside the run."""
-    code, full_ckpt, full = train(tmp_path, text_file, "--steps", "50", name="full")
+    moments and carried state. The tiny text wraps around (epochs) inside the run. A constant
+    rate: a cosine schedule spans the run's --steps, so a 25-step run decays faster."""
+    constant = ("--lr-schedule", "constant")
+    code, full_ckpt, full = train(tmp_path, text_file, "--steps", "50", *constant, name="full")
     assert code == 0
-    code, half_ckpt, _ = train(tmp_path, text_file, "--steps", "25", name="half")
+    code, half_ckpt, _ = train(tmp_path, text_file, "--steps", "25", *constant, name="half")
     assert code == 0
     code = main(["train", "--resume", "--steps", "50", "--checkpoint", str(half_ckpt),
                  "--metrics-out", str(tmp_path / "resumed.json"), "--no-progress",
@@ -105,6 +108,28 @@ def test_resume_is_bit_identical(tmp_path, text_file):
     assert resumed["train_loss"] == full["train_loss"]
     assert resumed["final_val_bits_per_char"] == full["final_val_bits_per_char"]
     assert_same_checkpoint(tg.load(full_ckpt), tg.load(half_ckpt))
+
+
+def test_the_cosine_schedule_decays_the_rate_over_the_runs_steps(tmp_path, text_file):
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "20", "--lr", "0.01", name="cos")
+    assert code == 0
+    saved = tg.load(ckpt)
+    assert saved["config"]["lr_schedule"] == "cosine"           # the default
+    # the rate of the last step (19 of 20): the floor plus what is left of the half cosine
+    want = 0.01 * (0.05 + 0.95 * (1 + math.cos(math.pi * 19 / 20)) / 2)
+    assert saved["optimizer"]["hyper"]["lr"] == pytest.approx(want, rel=1e-12)
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "20", "--lr", "0.01",
+                          "--lr-schedule", "constant", name="const")
+    assert code == 0 and tg.load(ckpt)["optimizer"]["hyper"]["lr"] == 0.01
+
+
+def test_the_schedule_cannot_change_on_resume(tmp_path, text_file, capsys):
+    code, ckpt, _ = train(tmp_path, text_file, "--steps", "5", name="sched")
+    assert code == 0
+    code = main(["train", "--resume", "--steps", "10", "--checkpoint", str(ckpt),
+                 "--lr-schedule", "constant", "--no-progress"])
+    assert code != 0
+    assert "--lr-schedule constant (checkpoint: cosine)" in capsys.readouterr().err
 
 
 def assert_same_checkpoint(a, b):

@@ -323,3 +323,56 @@ def test_clip_against_pytorch():
     assert n1 == pytest.approx(n2.item(), rel=1e-12)
     for p, t in zip(ours, theirs):
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12)
+
+
+# --- CosineAnnealingLR ----------------------------------------------------------------------
+
+@given(T_max=st.integers(1, 60), frac=st.floats(0, 1), lr=st.floats(1e-5, 1.0))
+def test_cosine_schedule_closed_form_and_steps(T_max, frac, lr):
+    p = param([1.0])
+    opt = optim.SGD([p], lr=lr)
+    eta_min = frac * lr
+    sched = optim.CosineAnnealingLR(opt, T_max=T_max, eta_min=eta_min)
+    assert sched.lr_at(0) == pytest.approx(lr, rel=1e-12)
+    assert sched.lr_at(T_max) == pytest.approx(eta_min, rel=1e-12, abs=1e-18)
+    assert sched.lr_at(T_max + 5) == sched.lr_at(T_max)           # held at the floor
+    seen = []
+    for _ in range(T_max):
+        sched.step()
+        seen.append(opt.lr)
+    want = [eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t / T_max)) / 2
+            for t in range(1, T_max + 1)]
+    np.testing.assert_allclose(seen, want, rtol=1e-12, atol=1e-18)
+    assert all(a >= b - 1e-18 for a, b in zip(seen, seen[1:]))      # never rises
+
+
+def test_cosine_schedule_state_round_trip_and_errors():
+    opt = optim.Adam([param([1.0, 2.0])], lr=0.1)
+    sched = optim.CosineAnnealingLR(opt, T_max=10, eta_min=0.01)
+    for _ in range(4):
+        sched.step()
+    state = sched.state_dict()
+    opt2 = optim.Adam([param([1.0, 2.0])], lr=0.1)
+    sched2 = optim.CosineAnnealingLR(opt2, T_max=3)
+    sched2.load_state_dict(state)
+    assert opt2.lr == opt.lr and sched2.lr_at(7) == sched.lr_at(7)
+    with pytest.raises(ValueError, match="T_max must be a positive integer"):
+        optim.CosineAnnealingLR(opt, T_max=0)
+    with pytest.raises(ValueError, match="eta_min must"):
+        optim.CosineAnnealingLR(opt, T_max=5, eta_min=-1.0)
+    with pytest.raises(TypeError, match="expected an optimizer"):
+        optim.CosineAnnealingLR([1.0], T_max=5)
+
+
+def test_cosine_schedule_matches_pytorch_up_to_T_max():
+    torch = pytest.importorskip("torch")
+    w = torch.zeros(1, requires_grad=True)
+    t_opt = torch.optim.SGD([w], lr=0.3)
+    t_sched = torch.optim.lr_scheduler.CosineAnnealingLR(t_opt, T_max=12, eta_min=0.02)
+    opt = optim.SGD([param([0.0])], lr=0.3)
+    sched = optim.CosineAnnealingLR(opt, T_max=12, eta_min=0.02)
+    for _ in range(12):
+        t_opt.step()
+        t_sched.step()
+        sched.step()
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12)

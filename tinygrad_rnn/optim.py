@@ -1,4 +1,4 @@
-"""Optimizers (SGD, Adam, AdamW) and gradient clipping.
+"""Optimizers (SGD, Adam, AdamW), a cosine learning-rate schedule and gradient clipping.
 
 An optimizer holds a list of Parameters and updates their ``.data`` in place from their
 ``.grad`` (numpy arithmetic, outside the tape). The update rules are PyTorch's, so a model
@@ -251,6 +251,47 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=True)
+
+
+class CosineAnnealingLR:
+    r"""The learning rate along half a cosine: from the optimizer's ``lr`` at step 0 down to
+    ``eta_min`` at step ``T_max``, then held there.
+
+    .. math:: \eta_t = \eta_{min} + (\eta_0 - \eta_{min}) \, (1 + \cos(\pi t / T_{max})) / 2
+
+    PyTorch's ``torch.optim.lr_scheduler.CosineAnnealingLR`` up to ``T_max`` (past it PyTorch's
+    rate climbs again; here it stays at ``eta_min``). Call ``step()`` after each
+    ``optimizer.step()``; ``lr_at(t)`` is the rate of step t, so a resumed run needs only its
+    step count.
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"CosineAnnealingLR: expected an optimizer, got {type(optimizer).__name__}")
+        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be a positive integer, got {T_max!r}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.T_max = int(T_max)
+        self.eta_min = _check_number(eta_min, "eta_min", "CosineAnnealingLR")
+        self.last_step = 0
+
+    def lr_at(self, t):
+        t = min(max(t, 0), self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+
+    def step(self):
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr, "T_max": self.T_max, "eta_min": self.eta_min,
+                "last_step": self.last_step}
+
+    def load_state_dict(self, state):
+        self.base_lr, self.T_max = float(state["base_lr"]), int(state["T_max"])
+        self.eta_min, self.last_step = float(state["eta_min"]), int(state["last_step"])
+        self.optimizer.lr = self.lr_at(self.last_step)
 
 
 def clip_grad_norm(params, max_norm, error_if_nonfinite=True):

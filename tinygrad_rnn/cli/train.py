@@ -47,11 +47,13 @@ SAMPLE_PRIME = "def "
 
 # The default run: about 3 minutes on 2 CPU cores (measured numbers in docs/training.md).
 DEFAULTS = {
-    "cell": "lstm", "hidden": 128, "layers": 1, "embed": 32, "seq_len": 50, "batch": 32,
-    "lr": 5e-3, "clip": 5.0, "seed": 0, "steps": 3000,
+    "cell": "lstm", "hidden": 256, "layers": 1, "embed": 32, "seq_len": 50, "batch": 32,
+    "lr": 8e-3, "lr_schedule": "cosine", "clip": 5.0, "seed": 0, "steps": 1400,
 }
+LR_FLOOR = 0.05     # the cosine schedule ends at this fraction of --lr
 # Options that define the run; on --resume they come from the checkpoint.
-RUN_OPTIONS = ("cell", "hidden", "layers", "embed", "seq_len", "batch", "lr", "clip", "seed", "text")
+RUN_OPTIONS = ("cell", "hidden", "layers", "embed", "seq_len", "batch", "lr", "lr_schedule", "clip",
+               "seed", "text")
 
 
 def _checked(convert, accept, name):
@@ -96,6 +98,10 @@ def add_arguments(p):
                        help=f"total optimizer steps; with --resume, the step to continue to "
                             f"(default: {d['steps']}, or the checkpoint's target)")
     train.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default: {d['lr']})")
+    train.add_argument("--lr-schedule", choices=("cosine", "constant"),
+                       help=f"cosine: from --lr down to {LR_FLOOR:g} x --lr at the last step "
+                            f"(tg.optim.CosineAnnealingLR); constant: --lr throughout "
+                            f"(default: {d['lr_schedule']})")
     train.add_argument("--clip", type=float, metavar="NORM",
                        help=f"clip the gradient norm to this; 0 disables (default: {d['clip']})")
     train.add_argument("--seed", type=int, help=f"seed of weights and sampling (default: {d['seed']})")
@@ -180,6 +186,7 @@ class Run:
     optimizer: optim.Optimizer
     trainer: TrainerState
     sample_rng: np.random.Generator
+    schedule: optim.CosineAnnealingLR = None      # None: a constant learning rate
     unigram_bits: float = None          # set by the first validation
     validation_characters: int = None
 
@@ -241,10 +248,13 @@ def open_run(args):
         model.compile()
     cfg["dtype"] = model.dtype.name
     optimizer = optim.Adam(model.parameters(), lr=cfg["lr"])
+    # Checkpoints from before the schedule existed trained at a constant rate.
+    schedule = (optim.CosineAnnealingLR(optimizer, T_max=cfg["steps"], eta_min=LR_FLOOR * cfg["lr"])
+                if cfg.get("lr_schedule") == "cosine" else None)
     sample_rng = np.random.default_rng([cfg["seed"], 1])
     trainer = TrainerState() if ckpt is None else restore_trainer(ckpt, path, optimizer, sample_rng)
     return Run(cfg, path, corpus, vocab, train_ids, valid_ids, streams, model, optimizer, trainer,
-               sample_rng)
+               sample_rng, schedule)
 
 
 def build_model(cfg, vocab_size):
@@ -317,6 +327,8 @@ def _train_until_target(run, args, session, progress, interrupt):
         x, y, fresh = run.streams.window(trainer.step)
         if fresh:
             trainer.hidden = None
+        if run.schedule is not None:
+            run.optimizer.lr = run.schedule.lr_at(trainer.step)     # a function of the step alone
         t0 = time.perf_counter()
         value, trainer.hidden = train_step(run.model, run.optimizer, x, y, trainer.hidden,
                                            clip=run.config["clip"])
@@ -426,7 +438,8 @@ def _print_header(run, resumed):
     print(f"model: {cfg['cell']} x {cfg['layers']} layer(s), hidden {cfg['hidden']}, embedding "
           f"{cfg['embed']}: {run.model.num_parameters():,} parameters ({run.model.dtype.name})")
     print(f"training: steps {run.trainer.step} -> {run.target}, {cfg['batch']} streams x "
-          f"{cfg['seq_len']} characters per step (truncated BPTT), Adam lr {cfg['lr']}, clip "
+          f"{cfg['seq_len']} characters per step (truncated BPTT), Adam lr {cfg['lr']}"
+          f"{' cosine to ' + format(LR_FLOOR * cfg['lr'], 'g') if run.schedule else ''}, clip "
           f"{cfg['clip'] or 'off'}")
     if resumed:
         print(f"resumed from '{run.checkpoint}' at step {run.trainer.step}")

@@ -1,7 +1,7 @@
 """From a classified step graph to the Python source of two Numba loops over time.
 
 Layout first (`Layout`): the carry-dependent nodes, in trace order, become a schedule of
-items: a GEMM with a loop-invariant weight (``np.dot`` into a preallocated buffer), a fused
+items: a GEMM with a loop-invariant weight (numpy's own BLAS, `blas.py`, into a preallocated buffer), a fused
 elementwise group (maximal runs of elementwise ops of one width: one ``for b, for j`` loop
 nest whose intermediate values are scalars in registers), a concatenation, a reduction over
 the feature axis. ``split``/``chunk`` and column slices make no code: they are views, a
@@ -20,7 +20,7 @@ import re
 import numpy as np
 
 from ..ops import Cat, GetItem, Linear, MatMul, Max, Split, Sum
-from . import rules
+from . import blas, rules
 from .graph import CARRY, INVARIANT, PERSTEP, Node, Value, column_slice
 
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*(?:e[-+]?\d+)?)")
@@ -213,12 +213,59 @@ class _Writer:
         self.lines.append("    " * depth + text)
 
 
+_LOOP = re.compile(r"\s*for j in range\((\d+)\):$")
+_ADD_INTO = re.compile(r"(\s*)([A-Z]+\d+)\[(?:t, )?b, (?:(\d+) \+ )?j\] \+= (.*)")
+
+
+def _assign_single_writes(lines, widths, assigned):
+    """The reverse loop with ``+=`` turned into ``=`` for the adjoint buffers that each step
+    writes exactly once per element (``widths``: buffer name -> columns), whose zeroing then
+    goes: the LSTM's gate gradients and their (T, B, 4H) histories are written, not read,
+    modified and written after a memset (2.5 of 14.5 ms of its backward at M). A buffer
+    qualifies when every write to it is a whole ``for j`` loop of column range [off, off + n),
+    the ranges are disjoint, and together they cover the buffer. Adds the names to
+    ``assigned`` (the runtime allocates those without zeros)."""
+    writes = {name: [] for name in widths}
+    disqualified = set()
+    width = None
+    for k, line in enumerate(lines):
+        loop = _LOOP.match(line)
+        if loop:
+            width = int(loop.group(1))
+            continue
+        m = _ADD_INTO.fullmatch(line)
+        if m and m.group(2) in writes:
+            writes[m.group(2)].append((int(m.group(3) or 0), width, k))
+            continue
+        stripped = line.strip()
+        for name in writes:     # any other write (a broadcast column, BLAS's output): keep +=
+            if stripped == f"{name}[:] = fl(0.0)":
+                continue
+            if stripped.startswith(f"{name}[") or re.search(rf"gemm(_acc)?\(.*\b{name}\)$", stripped):
+                disqualified.add(name)
+    result = list(lines)
+    for name, found in writes.items():
+        if name in disqualified or not found:
+            continue
+        spans = sorted((off, off + n) for off, n, _ in found)
+        covered = spans[0][0] == 0 and spans[-1][1] == widths[name] and all(
+            a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        if not covered:
+            continue
+        assigned.add(name)
+        for _, _, k in found:
+            result[k] = result[k].replace(" += ", " = ", 1)
+    return [line for line in result
+            if not any(line.strip() == f"{name}[:] = fl(0.0)" for name in assigned)]
+
+
 class Source:
     """Writes the three functions of one Layout."""
 
     def __init__(self, layout):
         self.L = layout
         self.float = "float32" if layout.dtype == np.float32 else "float64"
+        self.assigned = set()       # adjoint buffers the reverse loop assigns (no zeros needed)
         L = layout
         self.arg_names = {
             "lengths": "lengths",
@@ -323,6 +370,8 @@ class Source:
         w(0, "from numba import njit")
         w(0, f"from tinygrad_rnn._numba_math import exp{bits} as exp, tanh{bits} as tanh, "
              f"sigmoid{bits} as sigmoid, relu{bits} as relu, select, sign, log, sqrt")
+        w(0, f"from tinygrad_rnn.compile.blas import gemm{bits} as gemm, "
+             f"gemm_acc{bits} as gemm_acc  # {blas.KIND}")
         w(0, "")
         w(0, f"fl = np.{self.float}")
         w(0, 'OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})')
@@ -364,7 +413,7 @@ class Source:
         k = self.gemms().index(item)
         src = (f"S{x.num}[cur]" if x.source == "state" else f"A{x.num}[{self._ts(x, mode)}]")
         w(2, f"# {node.name}: x @ W{'.T' if item.transposed else ''}")
-        w(2, f"np.dot({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
+        w(2, f"gemm({src}, WF{k}, A{out.num}[{self._ts(out, mode)}])")
 
     def _result_writes(self, v, expr, depth, w):
         for k, o in enumerate(self.L.outputs):
@@ -432,6 +481,7 @@ class Source:
     def _backward(self, w):
         L = self.L
         states = L.graph.states
+        start = len(w.lines)
         w(0, "@njit(**OPTIONS)")
         w(0, f"def backward({', '.join(self.backward_args())}):")
         w(1, "T, B = gY0.shape[0], gY0.shape[1]")
@@ -467,6 +517,10 @@ class Source:
         outgoing = ", ".join(f"GSo{s.num}" for s in states)
         w(2, f"{incoming}, {outgoing} = {outgoing}, {incoming}     # step t-1 receives these")
         w(1, f"return ({incoming},)")
+        widths = {f"G{v.num}": v.shape[1] for v in self.adjoint_buffers()}
+        widths.update((f"GP{v.num}", v.shape[1]) for v in L.perstep)
+        widths.update((f"DG{g.node.outputs[0].num}", g.node.outputs[0].shape[1]) for g in self.gemms())
+        w.lines[start:] = _assign_single_writes(w.lines[start:], widths, self.assigned)
 
     def _seed_terms(self, v):
         terms = []
@@ -506,10 +560,15 @@ class Source:
         x, out = node.inputs[0], node.outputs[0]
         k = self.gemms().index(item)
         w(2, f"# reverse of {node.name}: dx = dG @ W{'' if item.transposed else '.T'}")
-        w(2, f"np.dot(DG{out.num}[t], WB{k}, TMP{k})")
+        target = self.adjoint(x, x.shape[1], None)
+        whole = re.fullmatch(r"(GSo\d+|G\d+)\[b, j\]", target)
+        if whole:                   # a whole (B, n) buffer: BLAS adds into it (beta = 1)
+            w(2, f"gemm_acc(DG{out.num}[t], WB{k}, {whole.group(1)})")
+            return
+        w(2, f"gemm(DG{out.num}[t], WB{k}, TMP{k})")
         w(2, "for b in range(B):")
         w(3, f"for j in range({x.shape[1]}):")
-        w(4, f"{self.adjoint(x, x.shape[1], None)} += TMP{k}[b, j]")
+        w(4, f"{target} += TMP{k}[b, j]")
 
     def _backward_structural(self, w, node):
         out = node.outputs[0]

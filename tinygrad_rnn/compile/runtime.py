@@ -226,13 +226,17 @@ class Program:
         gY = [given(g, (T, B, v.shape[1])) for g, v in zip(grads[:n_out], L.outputs)]
         GSi = [given(g, s.shape[1:]).copy() for g, s in zip(grads[n_out:], S)]
         GSo = [np.empty_like(x) for x in GSi]
-        GP = [np.zeros_like(p) for p in P]
+        # the buffers the reverse loop assigns element by element need no zeros
+        done = W.assigned
+        GP = [(np.empty_like if f"GP{v.num}" in done else np.zeros_like)(p)
+              for v, p in zip(L.perstep, P)]
         GV = [np.zeros_like(v) for v in V]
         WB, DG, TMP = [], [], []
         for item in W.gemms():
             w = inv[id(item.node.inputs[1])]
             WB.append(np.ascontiguousarray(w if item.transposed else w.T, dtype=dt))
-            DG.append(np.zeros((T, B, item.node.outputs[0].shape[1]), dt))
+            out = item.node.outputs[0]
+            DG.append((np.empty if f"DG{out.num}" in done else np.zeros)((T, B, out.shape[1]), dt))
             TMP.append(np.empty((B, item.node.inputs[0].shape[1]), dt))
         G = [np.empty((B, v.shape[1]), dt) for v in W.adjoint_buffers()]
         d_state = self.module.backward(lengths, *P, *S, *V, *WB, *A, *gY, *GSi, *GSo, *GP, *GV,
