@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd
+from tinygrad_rnn import observers
 from tinygrad_rnn.inspect import AnomalyError
 
 HERE = os.path.basename(__file__)
@@ -61,7 +61,7 @@ def test_forward_nan_names_the_op_shapes_site_and_time_step():
     assert f"{HERE}:{line_of('PLANTED-LOG')}" in msg
     assert isinstance(e, RuntimeError) and isinstance(e, FloatingPointError)
     # The error escaped mid-unroll; the step it was at must not leak into later code.
-    assert autograd.current_scope() == {} and not autograd.observing()
+    assert observers.current_scope() == {} and not observers.observing()
 
 
 class SignFlipCell(tg.Cell):
@@ -140,7 +140,7 @@ def test_non_finite_data_entering_from_outside_is_reported_as_such():
 
 
 def test_off_by_default_and_usable_as_a_decorator():
-    assert not autograd.observing()
+    assert not observers.observing()
     with np.errstate(invalid="ignore"):
         y = tg.Tensor(np.array([-1.0])).log()            # no anomaly mode: plain NaN
     assert np.isnan(y.data[0])
@@ -152,7 +152,7 @@ def test_off_by_default_and_usable_as_a_decorator():
     assert f(4.0).data[0] == 2.0
     with pytest.raises(AnomalyError, match="'sqrt' \\(forward\\)"):
         f(-1.0)
-    assert not autograd.observing()
+    assert not observers.observing()
 
 
 def test_nested_blocks_and_finite_graphs_pass_untouched():
@@ -168,4 +168,4 @@ def test_nested_blocks_and_finite_graphs_pass_untouched():
     ys, _ = rnn(xs)
     ys.sum().backward()
     np.testing.assert_array_equal(xs.grad, expected)     # observing changes no number
-    assert not autograd.observing()
+    assert not observers.observing()

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import tinygrad_rnn as tg
 from tinygrad_rnn import Tensor, nn
 from tinygrad_rnn.compile import CompiledCell, CompileError, CompileWarning, blas
+from tinygrad_rnn.dtypes import default_dtype
 from tinygrad_rnn.rnn.cell import tree_leaves, tree_map
-from tinygrad_rnn.tensor import default_dtype
 
 I, H = 3, 4
 

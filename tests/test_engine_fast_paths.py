@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd
+from tinygrad_rnn import observers
 from tinygrad_rnn.engine import transposed, weight_grads
 from tinygrad_rnn.inspect import ledger
 
@@ -188,12 +188,12 @@ def test_observers_see_only_the_outputs_that_were_reached():
 
     x = tg.Tensor(np.ones((2, 8)), requires_grad=True)
     rec = Recorder()
-    autograd.add_observer(rec)
+    observers.add_observer(rec)
     try:
         parts = x.chunk(4, axis=-1)
         (parts[0] + parts[2]).sum().backward()
     finally:
-        autograd.remove_observer(rec)
+        observers.remove_observer(rec)
     assert seen == [(4, [0, 2])]
 
 
@@ -327,12 +327,12 @@ def test_hooks_retain_grad_and_observers_see_arrays(defer_all):
 
     xs = [rng.standard_normal((4, 2)) for _ in range(3)]
     rec = Recorder()
-    autograd.add_observer(rec)
+    observers.add_observer(rec)
     try:
         loss = sum(tg.linear(tg.Tensor(x), W).sum() for x in xs)
         loss.backward()
     finally:
-        autograd.remove_observer(rec)
+        observers.remove_observer(rec)
     expected_W = sum(np.ones((4, 3)).T @ x for x in xs)
     assert len(hooked) == 2 and all(type(g) is np.ndarray for g in hooked)
     assert all(type(g) is np.ndarray for g in in_grads)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd
+from tinygrad_rnn import observers
 from tinygrad_rnn.inspect import gradient_flow, set_forget_bias, set_spectral_radius, step_jacobian
 from tinygrad_rnn.inspect.gradient_flow import rnn_closed_form
 
@@ -249,7 +249,7 @@ def test_the_cell_runs_in_eval_mode_and_bad_input_is_explained():
         gradient_flow(stack, np.zeros((5, 2)))
     with pytest.raises(ValueError, match="single-element"):
         gradient_flow(stack, xs, loss=lambda outs, s: outs[-1])
-    assert not autograd.observing()
+    assert not observers.observing()
 
 
 # --- the command line ----------------------------------------------------------------------

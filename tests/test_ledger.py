@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
+from tinygrad_rnn import observers
 from tinygrad_rnn.inspect import ledger
 
 CELLS = {
@@ -171,6 +172,6 @@ def test_unroll_tells_nobody_about_steps_when_nobody_listens(monkeypatch):
     led = ledger(rnn)                           # made, but not entered: nobody listens
     ys, _ = rnn(data()[0])
     ys.sum().backward()
-    assert tg.autograd.current_scope() == {} and not tg.autograd.observing()
+    assert observers.current_scope() == {} and not observers.observing()
     with pytest.raises(AssertionError, match="outside a ledger block"), led:
         rnn(data()[0])                        # with a listener, the notification does happen

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd
+from tinygrad_rnn import observers
 
 
 class ScopeRecorder:
@@ -17,7 +17,7 @@ class ScopeRecorder:
         self.scopes = []
 
     def on_forward(self, ctx, inputs, out):
-        self.scopes.append(dict(autograd.current_scope()))
+        self.scopes.append(dict(observers.current_scope()))
 
     def on_backward(self, ctx, out_grads, in_grads, outs):
         pass
@@ -43,9 +43,9 @@ class FailsAt(tg.Cell):
 @pytest.fixture
 def recorder():
     rec = ScopeRecorder()
-    autograd.add_observer(rec)
+    observers.add_observer(rec)
     yield rec
-    autograd.remove_observer(rec)
+    observers.remove_observer(rec)
 
 
 def test_ops_are_tagged_with_their_step_and_layer(recorder):
@@ -53,7 +53,7 @@ def test_ops_are_tagged_with_their_step_and_layer(recorder):
     tg.Unroll(stack)(tg.zeros(4, 1, 2))
     tagged = {(s.get("step"), s.get("layer")) for s in recorder.scopes if s}
     assert tagged == {(t, k) for t in range(4) for k in range(2)}
-    assert autograd.current_scope() == {}
+    assert observers.current_scope() == {}
 
 
 @pytest.mark.parametrize("layered", [False, True])
@@ -61,11 +61,11 @@ def test_an_exception_mid_unroll_restores_the_scope(recorder, layered):
     cell = FailsAt(2, t_fail=2)
     if layered:
         cell = tg.Stack([tg.RNNCell(2, 2), cell])
-    with autograd.scope(step=9):                  # an outer unroll's step comes back
+    with observers.scope(step=9):                  # an outer unroll's step comes back
         with pytest.raises(RuntimeError, match="cell fails"):
             tg.Unroll(cell)(tg.zeros(5, 1, 2))
-        assert autograd.current_scope() == {"step": 9}
-    assert autograd.current_scope() == {}
+        assert observers.current_scope() == {"step": 9}
+    assert observers.current_scope() == {}
     # Inside, each step's ops carried the step (the outer 9 shadowed), up to the failing one.
     inner_steps = {s["step"] for s in recorder.scopes if s["step"] != 9}
     assert inner_steps == ({0, 1, 2} if layered else {0, 1})
@@ -73,17 +73,17 @@ def test_an_exception_mid_unroll_restores_the_scope(recorder, layered):
 
 def test_the_scope_is_per_thread(recorder):
     seen = []
-    with autograd.scope(step=5):
-        worker = threading.Thread(target=lambda: seen.append(dict(autograd.current_scope())))
+    with observers.scope(step=5):
+        worker = threading.Thread(target=lambda: seen.append(dict(observers.current_scope())))
         worker.start()
         worker.join()
-        assert autograd.current_scope() == {"step": 5}
+        assert observers.current_scope() == {"step": 5}
     assert seen == [{}]
 
 
 def test_no_scope_is_kept_while_nobody_listens():
-    assert not autograd.observing()
-    with autograd.scope(step=3):
-        assert autograd.current_scope() == {}
+    assert not observers.observing()
+    with observers.scope(step=3):
+        assert observers.current_scope() == {}
     ys, _ = tg.Unroll(tg.RNNCell(2, 2))(tg.Tensor(np.ones((3, 1, 2))))
     assert ys.shape == (3, 1, 2)

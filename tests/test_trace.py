@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import autograd
+from tinygrad_rnn import observers
 from tinygrad_rnn.inspect import trace
 
 
@@ -74,7 +74,7 @@ def test_ops_without_grad_are_listed_as_off_the_tape_and_the_observer_goes_away(
     assert len(t) == 1 and not t.forward[0].on_tape
     assert "not on the tape" in str(t)
     assert y.data[0] == pytest.approx(np.e)
-    assert not autograd.observing()
+    assert not observers.observing()
 
 
 def test_multi_output_ops_show_every_output():

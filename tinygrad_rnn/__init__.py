@@ -1,7 +1,12 @@
 """tinygrad_rnn: a small autograd engine on which recurrent networks are their equations."""
 
 from . import autograd, func, kernels, nn, ops, optim, rnn
-from .autograd import ShapeError, enable_grad, grad, is_grad_enabled, no_grad
+from .autograd import ShapeError
+from .dtypes import get_default_dtype, set_default_dtype
+from .factories import full, ones, randn, tensor, zeros, zeros_like
+from .functional import cat, linear, linear_scan, stack, where
+from .grad_mode import enable_grad, is_grad_enabled, no_grad
+from .higher_order import grad
 from .nn.init import manual_seed
 from .rnn import (
     Bidirectional,
@@ -19,22 +24,7 @@ from .rnn import (
     generate,
 )
 from .serialization import CheckpointError, load, save
-from .tensor import (
-    Tensor,
-    cat,
-    full,
-    get_default_dtype,
-    linear,
-    linear_scan,
-    ones,
-    randn,
-    set_default_dtype,
-    stack,
-    tensor,
-    where,
-    zeros,
-    zeros_like,
-)
+from .tensor import Tensor
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
-"""HTML for Jupyter's rich display (the ``_repr_html_`` methods of Tensor, trace, ledger and
-GradientFlow). IPython is never imported: a notebook calls these methods itself, and a
-terminal never does. Every piece of text goes through `html.escape`."""
+"""How a Tensor shows itself: its text ``repr``, and HTML for Jupyter's rich display (the
+``_repr_html_`` methods of Tensor, trace, ledger and GradientFlow). IPython is never imported:
+a notebook calls these methods itself, and a terminal never does. Every piece of text goes
+through `html.escape`. Loaded on the first display, not by ``import tinygrad_rnn``."""
 
 from html import escape
 
@@ -33,6 +34,18 @@ def grad_status(t):
     if t.requires_grad:
         return "leaf, requires_grad=True"
     return "constant (requires_grad=False)"
+
+
+def tensor_repr(t):
+    """``Tensor([[...]], dtype=float64, grad_fn=tanh)``: the values, and how ``t`` takes part in
+    autograd (made by an op, or a leaf that requires grad)."""
+    body = np.array2string(t.data, precision=4, separator=", ", threshold=40, prefix="Tensor(")
+    extra = ""
+    if t._ctx is not None:
+        extra = f", grad_fn={type(t._ctx).op_name()}"
+    elif t.requires_grad:
+        extra = ", requires_grad=True"
+    return f"Tensor({body}, dtype={t.dtype}{extra})"
 
 
 def tensor_html(t):

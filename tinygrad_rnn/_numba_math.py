@@ -3,10 +3,11 @@
 Why: the llvmlite on PyPI has no SVML, so ``math.exp``/``math.tanh`` in a Numba loop are
 scalar libm calls (3-16 ns an element). These are branch-free (every choice is a select on
 integer bits) and inline into the compiled loops of `tinygrad_rnn.compile`, which call them
-once per element. The approach is `_numba_sigmoid`'s: Cody-Waite range reduction
-``y = k ln2 + r`` (``|r| <= ln2/2``), a Taylor polynomial for ``exp(r) - 1``, and ``2**k``
-written into the exponent bits. float32 inputs are computed in float64 with a shorter
-polynomial and rounded once.
+once per element. They are built from `_numba_sigmoid`'s exp, its one home: Cody-Waite range
+reduction ``y = k ln2 + r`` (``|r| <= ln2/2``, `_reduce`), a Taylor polynomial for
+``exp(r) - 1`` (`_expm1_poly64`, `_expm1_poly32`), and ``2**k`` written into the exponent
+bits (`_pow2`). float32 inputs are computed in float64 with the shorter polynomial and
+rounded once.
 
 - ``exp(x)``: ``2**k`` is applied as two factors, so that k from -1080 to 1025 works:
   overflow gives inf, underflow 0 (through the subnormals), NaN stays NaN.
@@ -24,12 +25,13 @@ from numba import njit
 from ._numba_sigmoid import (
     ABS_MASK,
     INF,
-    LN2_HI,
-    LN2_LO,
-    LOG2E,
     ROUND,
     _bits,
+    _expm1_poly32,
+    _expm1_poly64,
     _from_bits,
+    _pow2,
+    _reduce,
     _sigmoid32,
     _sigmoid64,
 )
@@ -42,56 +44,11 @@ _options = dict(cache=True, fastmath={"contract"}, error_model="numpy", inline="
 
 
 @njit(**_options)
-def _expm1_poly64(r):
-    """exp(r) - 1 for |r| <= ln2/2; degree 13 (truncation below 1e-17 relative)."""
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    return p * r
-
-
-@njit(**_options)
-def _expm1_poly32(r):
-    """exp(r) - 1 for |r| <= ln2/2; degree 7 (truncation 5e-9: enough for float32)."""
-    p = 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    return p * r
-
-
-@njit(**_options)
-def _pow2(k):
-    """2**k for an integral float k in [-1022, 1023], from the exponent bits."""
-    return _from_bits((np.int64(k) + 1023) << 52)
-
-
-@njit(**_options)
-def _reduce(y):
-    """(k, r) with y = k ln2 + r, |r| <= ln2/2 (k an integral float)."""
-    k = (y * LOG2E + ROUND) - ROUND
-    r = (y - k * LN2_HI) - k * LN2_LO
-    return k, r
-
-
-@njit(**_options)
 def _exp_from(y, em1):
-    k, r = _reduce(y)
-    half = np.floor(k * 0.5)
-    return (1.0 + em1(r)) * _pow2(half) * _pow2(k - half)
+    t, r = _reduce(y)
+    k = t - ROUND
+    half = np.floor(k * 0.5)             # 2**k as two factors: k from -1080 to 1025 works
+    return (1.0 + em1(r)) * _pow2(half + ROUND) * _pow2((k - half) + ROUND)
 
 
 @njit(**_options)
@@ -112,8 +69,8 @@ def exp32(x32):
 @njit(**_options)
 def _tanh_abs(a, em1):
     """tanh(a) for 0 <= a <= TANH_CLAMP, via m = expm1(-2a) in (-1, 0]."""
-    k, r = _reduce(-2.0 * a)
-    s = _pow2(k)
+    t, r = _reduce(-2.0 * a)
+    s = _pow2(t)
     m = s * em1(r) + (s - 1.0)
     return (0.0 - m) / (2.0 + m)         # 0 - m: tanh(+0) is +0, so the sign copy is exact
 

@@ -19,10 +19,11 @@ import threading
 
 import numpy as np
 
-from .autograd import enable_grad, is_grad_enabled
-from .autograd import grad as _grad
+from .functional import stack
+from .grad_mode import enable_grad, is_grad_enabled
+from .higher_order import grad as _grad
 from .rnn.cell import tree_leaves, tree_map
-from .tensor import Tensor, stack
+from .tensor import Tensor
 
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "hvp", "jacobian", "hessian"]
 

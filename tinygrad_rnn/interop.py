@@ -36,10 +36,12 @@ import numpy as np
 
 from . import serialization
 from .autograd import ShapeError
+from .dtypes import get_default_dtype
+from .functional import stack
 from .nn.layers import Dropout
 from .nn.module import Module
 from .rnn import Bidirectional, GRUCell, LSTMCell, RNNCell, Stack, Unroll
-from .tensor import Tensor, get_default_dtype, stack
+from .tensor import Tensor
 
 # torch's ``mode`` string -> our cell class and its extra arguments.
 _MODES = {

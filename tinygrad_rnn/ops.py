@@ -229,8 +229,7 @@ class TensorMath:
         return dh, dh * h_prev, a[first] * dh[first]
 
 
-Function.xp = ArrayMath              # the first-order interpreter; _graph_rule swaps in TensorMath
-autograd._tensor_math = TensorMath
+Function.xp = ArrayMath     # the first-order interpreter; higher_order.graph_rule swaps in TensorMath
 
 
 class _Binary(Function):

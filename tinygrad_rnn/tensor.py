@@ -1,6 +1,5 @@
 """Tensor: a numpy array, its gradient, and the tape node (``_ctx``) that produced it."""
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -8,40 +7,11 @@ import numpy as np
 from . import autograd, ops
 from .autograd import ShapeError
 from .autograd import backward as _backward_walk
+from .dtypes import get_default_dtype
 from .engine.fast_apply import apply_binary, apply_unary
 from .engine.weight_grads import OuterProductSum
-
-_default_dtype = np.dtype(np.float64)
-
-
-def set_default_dtype(dtype):
-    """Set the dtype of factories, layers and cells (float64 unless changed)."""
-    global _default_dtype
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"set_default_dtype: expected float32 or float64, got {dtype}")
-    _default_dtype = dtype
-
-
-def get_default_dtype():
-    return _default_dtype
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """``with default_dtype(np.float64):`` sets the default dtype for the block, then restores it."""
-    before = _default_dtype
-    set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        set_default_dtype(before)
-
-
-def resolve_dtype(dtype):
-    """``dtype`` as a numpy dtype, or the default dtype when None (factories, layers, cells)."""
-    return _default_dtype if dtype is None else np.dtype(dtype)
-
+from .hooks import HookMethods
+from .versions import InPlaceMethods
 
 _OPERAND_TYPES = "a Tensor, a numpy array or a Python number"
 
@@ -65,12 +35,14 @@ def _binary_method(op, name, reflected=False):
     return method
 
 
-class Tensor:
+class Tensor(InPlaceMethods, HookMethods):
     """An n-dimensional array that records the ops applied to it.
 
     ``Tensor(data, requires_grad=False, dtype=None)``: ``data`` is anything numpy accepts.
     A numpy array keeps its dtype; Python floats become the default dtype (float64 unless
     ``tg.set_default_dtype`` changed it). Only floating tensors can require grad.
+    In-place methods (``copy_``, ``zero_``, ``add_``, ``mul_``) and ``version`` come from
+    versions.py, ``register_hook`` and ``retain_grad`` from hooks.py.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_index", "_hooks", "_retain", "name",
@@ -90,7 +62,7 @@ class Tensor:
                                 f"{data!r:.60}; expected a number, a nested list or an array")
             data = np.asarray(data)
             if data.dtype == np.float64:
-                data = data.astype(_default_dtype, copy=False)
+                data = data.astype(get_default_dtype(), copy=False)
             elif data.dtype == object or data.dtype.kind in "USV":
                 raise TypeError(f"Tensor: data of numpy dtype {data.dtype} is not numeric")
         self.data = data
@@ -173,14 +145,8 @@ class Tensor:
         return ops.Cast.apply(self, dtype=dtype)
 
     def __repr__(self):
-        body = np.array2string(self.data, precision=4, separator=", ", threshold=40,
-                               prefix="Tensor(")
-        extra = ""
-        if self._ctx is not None:
-            extra = f", grad_fn={type(self._ctx).op_name()}"
-        elif self.requires_grad:
-            extra = ", requires_grad=True"
-        return f"Tensor({body}, dtype={self.dtype}{extra})"
+        from ._display import tensor_repr  # display lives in _display.py, loaded on use
+        return tensor_repr(self)
 
     def _repr_html_(self):
         """Jupyter's display: shape, dtype, grad status and a preview (the text repr stays)."""
@@ -232,76 +198,6 @@ class Tensor:
         if self.grad_tensor is not None:         # keep both sums equal
             self.grad_tensor = self.grad_tensor + Tensor(g)
 
-    # --- version counter ----------------------------------------------------------------
-    @property
-    def version(self):
-        """How many times ``.data`` was changed in place (optimizer steps, init functions,
-        ``load_state_dict``, ``copy_``...). A backward through an op that saved this tensor
-        at an older version raises instead of computing a wrong gradient."""
-        return 0 if self._modified is None else len(self._modified)
-
-    def _bump_version(self):
-        """Record an in-place change of ``.data`` (call it after changing the array)."""
-        tick = next(autograd._sequence)     # the nodes' clock: a node older than it saw the old data
-        autograd.last_in_place_change = tick
-        if self._modified is None:
-            self._modified = [tick]
-        else:
-            self._modified.append(tick)
-
-    def _check_in_place(self, op):
-        if self.requires_grad and autograd.is_grad_enabled():
-            raise RuntimeError(f"{op}: an in-place change of a tensor that requires grad (shape "
-                               f"{self.shape}) is not recorded on the tape; do it under "
-                               "tg.no_grad(), as an optimizer step does")
-
-    def copy_(self, src):
-        """Overwrite the values in place with ``src`` (broadcast to this shape); bumps the version."""
-        self._check_in_place("copy_")
-        src = src.data if isinstance(src, Tensor) else np.asarray(src)
-        try:
-            np.copyto(self.data, np.broadcast_to(src, self.shape), casting="same_kind")
-        except (ValueError, TypeError) as exc:
-            raise ShapeError(f"copy_: cannot copy shape {np.shape(src)} ({src.dtype}) into a tensor "
-                             f"of shape {self.shape} ({self.dtype}): {exc}") from None
-        self._bump_version()
-        return self
-
-    def zero_(self):
-        """Set every value to zero in place; bumps the version."""
-        self._check_in_place("zero_")
-        self.data[...] = 0
-        self._bump_version()
-        return self
-
-    def add_(self, other, alpha=1.0):
-        """``self += alpha * other`` in place; bumps the version."""
-        self._check_in_place("add_")
-        return self.copy_(self.data + alpha * self._operand(other, "add_").data)
-
-    def mul_(self, other):
-        """``self *= other`` in place; bumps the version."""
-        self._check_in_place("mul_")
-        return self.copy_(self.data * self._operand(other, "mul_").data)
-
-    def retain_grad(self):
-        """Keep ``.grad`` on a non-leaf tensor after backward (leaves always keep it)."""
-        if not self.requires_grad:
-            raise RuntimeError("retain_grad: this tensor does not require grad")
-        self._retain = True
-        return self
-
-    def register_hook(self, fn):
-        """Call ``fn(grad)`` when this tensor's gradient is computed; a non-None return
-        replaces the gradient. Returns a handle with ``.remove()``."""
-        if not self.requires_grad:
-            raise RuntimeError("register_hook: cannot register a hook on a tensor that does "
-                               "not require grad")
-        if self._hooks is None:
-            self._hooks = []
-        self._hooks.append(fn)
-        return _HookHandle(self._hooks, fn)
-
     # --- operand coercion -----------------------------------------------------------------
     def _operand(self, other, op):
         if isinstance(other, Tensor):
@@ -309,7 +205,7 @@ class Tensor:
         if isinstance(other, numbers.Number) and not isinstance(other, bool):
             # A Python scalar takes the tensor's dtype: it never upcasts float32.
             dt = self.data.dtype if self.data.dtype.kind in "fc" or isinstance(other, numbers.Integral) \
-                else _default_dtype
+                else get_default_dtype()
             return Tensor._from_op(np.asarray(other, dtype=dt), None, False)
         if isinstance(other, (np.ndarray, np.generic)):
             return Tensor._from_op(np.asarray(other), None, False)
@@ -450,129 +346,3 @@ class Tensor:
         if not -self.ndim <= axis < self.ndim:
             raise ShapeError(f"{op}: axis {axis} is out of range for shape {self.shape}")
         return axis % self.ndim
-
-
-class _HookHandle:
-    def __init__(self, hooks, fn):
-        self._hooks, self._fn = hooks, fn
-
-    def remove(self):
-        if self._fn in self._hooks:
-            self._hooks.remove(self._fn)
-
-
-def _tensors(values, op):
-    out = []
-    for v in values:
-        if isinstance(v, Tensor):
-            out.append(v)
-        elif isinstance(v, np.ndarray):
-            out.append(Tensor(v))
-        else:
-            raise TypeError(f"{op}: expected Tensors, got {type(v).__name__}")
-    return out
-
-
-def cat(tensors, axis=0):
-    """Concatenate along an existing axis (numpy's ``concatenate``)."""
-    tensors = _tensors(tensors, "cat")
-    if not tensors:
-        raise ValueError("cat: expected a non-empty list of tensors")
-    return ops.Cat.apply(*tensors, axis=axis)
-
-
-def stack(tensors, axis=0):
-    """Stack along a new axis."""
-    tensors = _tensors(tensors, "stack")
-    if not tensors:
-        raise ValueError("stack: expected a non-empty list of tensors")
-    return ops.Stack.apply(*tensors, axis=axis)
-
-
-def linear(x, weight, bias=None):
-    """``x @ weight.T + bias`` as one op; x (..., in), weight (out, in), bias (out,)."""
-    if type(x) is Tensor and isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor)):
-        return ops.Linear.apply(x, weight) if bias is None else ops.Linear.apply(x, weight, bias)
-    args = (x, weight) if bias is None else (x, weight, bias)
-    return ops.Linear.apply(*_tensors(args, "linear"))
-
-
-def where(mask, a, b):
-    """Elementwise ``a`` where ``mask`` is true, else ``b``; gradients flow to ``a`` and ``b``."""
-    mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
-    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
-    a, b = like._operand(a, "where"), like._operand(b, "where")
-    return ops.Where.apply(Tensor._from_op(mask, None, False), a, b)
-
-
-def linear_scan(a, b, h0=None, reverse=False):
-    """All states of ``h_t = a_t * h_{t-1} + b_t``: a, b (T, B, H) -> h (T, B, H).
-
-    a may broadcast against b along any axis ((T, 1, H), (T, B, 1), (1, B, H), ...), and
-    b against a; h0 (B, H) is the state before the first step (zero if None). With
-    ``reverse=True`` the recurrence runs from the end, ``h_t = a_t * h_{t+1} + b_t``.
-    One op (ops.LinearScan): a compiled loop forward, the same loop run backward in time
-    for the gradient. Cells whose gates do not read h_{t-1} (MinGRUCell, MinLSTMCell) run
-    a whole sequence through it.
-    """
-    a, b = _tensors((a, b), "linear_scan")
-    for name, t in (("a", a), ("b", b)):
-        if t.ndim != 3:
-            raise ShapeError(f"linear_scan: {name} must have rank 3 (T, B, H), got shape {t.shape} "
-                             f"(a {a.shape}, b {b.shape})")
-    shape = []
-    for axis, (n_a, n_b) in enumerate(zip(a.shape, b.shape)):
-        if n_a != n_b and 1 not in (n_a, n_b):
-            raise ShapeError(f"linear_scan: a {a.shape} and b {b.shape} disagree in {'TBH'[axis]} "
-                             f"(axis {axis}: {n_a} vs {n_b}); each axis must match or be 1 in one "
-                             "of them")
-        shape.append(max(n_a, n_b))
-    inputs = [a, b]
-    if h0 is not None:
-        (h0,) = _tensors((h0,), "linear_scan")
-        if h0.shape != tuple(shape[1:]):
-            raise ShapeError(f"linear_scan: h0 must have shape (B, H) = {tuple(shape[1:])} for a "
-                             f"{a.shape} and b {b.shape}, got {h0.shape}")
-        inputs.append(h0)
-    for name, t in zip(("a", "b", "h0"), inputs):
-        if t.dtype.kind != "f":
-            raise TypeError(f"linear_scan: {name} must be a floating-point tensor (float32 or "
-                            f"float64), got dtype {t.dtype}")
-    return ops.LinearScan.apply(*inputs, reverse=bool(reverse))
-
-
-# --- factories ------------------------------------------------------------------------------
-
-def _shape(shape):
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(shape[0])
-    return tuple(shape)
-
-
-def tensor(data, requires_grad=False, dtype=None):
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
-
-
-def zeros(*shape, dtype=None, requires_grad=False):
-    return Tensor(np.zeros(_shape(shape), dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
-
-
-def ones(*shape, dtype=None, requires_grad=False):
-    return Tensor(np.ones(_shape(shape), dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
-
-
-def full(shape, value, dtype=None, requires_grad=False):
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return Tensor(np.full(shape, value, dtype=resolve_dtype(dtype)), requires_grad=requires_grad)
-
-
-def zeros_like(t, dtype=None, requires_grad=False):
-    data = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return Tensor(np.zeros(data.shape, dtype=dtype or data.dtype), requires_grad=requires_grad)
-
-
-def randn(*shape, seed=None, dtype=None, requires_grad=False):
-    """Standard normal samples; ``seed`` is an int or a ``np.random.Generator``."""
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    data = rng.standard_normal(_shape(shape)).astype(resolve_dtype(dtype), copy=False)
-    return Tensor(data, requires_grad=requires_grad)

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from ..autograd import no_grad
+from ..grad_mode import no_grad
 from ..nn.module import Module
 from ..rnn.cell import Cell, describe_structure, tree_leaves
 from ..rnn.combinators import Bidirectional, Stack

@@ -16,8 +16,8 @@ import contextlib
 
 import numpy as np
 
-from .. import autograd, kernels
-from ..autograd import enable_grad
+from .. import kernels, observers
+from ..grad_mode import enable_grad
 from ..inspect._common import user_site
 from ..ops import Add, GetItem, Linear, MatMul
 from ..rnn.cell import tree_leaves, tree_map
@@ -118,11 +118,11 @@ def trace(cell, batch, input_size, dtype, state_template, seed):
                                       requires_grad=True), state_template)
     recorder = _Recorder()
     with enable_grad(), _reference_kernels():
-        autograd.add_observer(recorder)
+        observers.add_observer(recorder)
         try:
             out, new_state = cell(x, state)
         finally:
-            autograd.remove_observer(recorder)
+            observers.remove_observer(recorder)
     values = {id(x): Value("x", x.shape, x.dtype, tensor=x)}
     states = []
     for k, s in enumerate(tree_leaves(state)):

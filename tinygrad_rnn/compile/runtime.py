@@ -14,11 +14,15 @@ Weights are read from ``param.data`` at every call, so in-place optimizer update
 
 import numpy as np
 
-from ..autograd import Function, grad, is_grad_enabled
+from ..autograd import Function
+from ..factories import zeros
+from ..functional import stack
+from ..grad_mode import is_grad_enabled
+from ..higher_order import grad
 from ..ops import Reshape
 from ..rnn.cell import tree_leaves, tree_map
 from ..rnn.unroll import _stop_finished
-from ..tensor import Tensor, stack, zeros
+from ..tensor import Tensor
 from . import cache, codegen, rules
 from .graph import CARRY, INVARIANT, PERSTEP
 

@@ -10,7 +10,9 @@ ops.py does). While an observer listens, or if forward fails, they hand the call
 
 # The core's own state, shared on purpose: the grad mode, the node counter, the observer
 # list and the output constructor are exactly what `Function.apply` uses.
-from ..autograd import _grad_mode, _observers, _output, _sequence
+from ..autograd import _output, _sequence
+from ..grad_mode import _grad_mode
+from ..observers import _observers
 
 
 def apply_unary(op, a):

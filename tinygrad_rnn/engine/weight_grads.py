@@ -74,7 +74,7 @@ class OuterProductSum:
         a_rows, b_rows = zip(*self._terms())
         if type(self.a) is np.ndarray:
             return np.concatenate(a_rows).T @ np.concatenate(b_rows)
-        from ..tensor import cat  # Tensor factors (create_graph); tensor.py is above
+        from ..functional import cat  # Tensor factors (create_graph); functional.py is above
         return cat(list(a_rows)).T @ cat(list(b_rows))
 
     def _terms(self):

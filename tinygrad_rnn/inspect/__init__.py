@@ -9,7 +9,7 @@
 In Jupyter each of them displays itself: to_dot's result as an SVG drawing, a trace and a
 ledger as HTML tables, a GradientFlow as a table (and ``.plot()`` gives a matplotlib figure).
 
-All of them observe the tape through `tinygrad_rnn.autograd.add_observer`; outside their
+All of them observe the tape through `tinygrad_rnn.observers.add_observer`; outside their
 ``with`` blocks they cost nothing.
 """
 

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from .. import autograd
+from .. import observers
 from ..rnn.cell import tree_leaves
 from ..tensor import Tensor
 
@@ -20,11 +20,11 @@ class ObserverContext:
     block. Subclasses define ``on_forward`` / ``on_backward`` (and optionally ``on_step``)."""
 
     def __enter__(self):
-        autograd.add_observer(self)
+        observers.add_observer(self)
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        autograd.remove_observer(self)
+        observers.remove_observer(self)
         return False
 
     def on_forward(self, ctx, inputs, out):
@@ -36,7 +36,7 @@ class ObserverContext:
 
 def annotate(ctx):
     """Tag a recorded node with the (step, layer) the forward is in; returns that pair."""
-    scope = autograd.current_scope()
+    scope = observers.current_scope()
     where = (scope.get("step"), scope.get("layer")) if scope else (None, None)
     if ctx.parents and where != (None, None):
         setattr(ctx, SCOPE_ATTR, where)

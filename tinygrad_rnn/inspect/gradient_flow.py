@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._display import html_table
-from ..autograd import no_grad
-from ..tensor import Tensor, cat
+from ..functional import cat
+from ..grad_mode import no_grad
+from ..tensor import Tensor
 from ._common import state_leaves, state_names
 
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from .. import tensor as T
-from ..tensor import Tensor, resolve_dtype
+from ..dtypes import resolve_dtype
+from ..functional import linear
+from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
 
@@ -19,7 +20,7 @@ class Linear(Module):
         self.bias = init.uniform_(Parameter(np.empty(out_features, dt)), -bound, bound) if bias else None
 
     def forward(self, x):
-        return T.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -9,9 +9,12 @@ weights copy across both ways (``tinygrad_rnn.interop``). In the seed's notation
 import numpy as np
 
 from ..autograd import ShapeError
+from ..dtypes import resolve_dtype
+from ..factories import zeros
+from ..functional import linear
 from ..nn import init
 from ..nn.module import Parameter
-from ..tensor import Tensor, linear, resolve_dtype, zeros
+from ..tensor import Tensor
 from .cell import Cell, describe_structure
 
 

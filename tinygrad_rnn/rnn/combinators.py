@@ -2,11 +2,12 @@
 
 import numpy as np
 
-from .. import autograd
+from .. import observers
 from ..autograd import ShapeError
+from ..functional import cat
 from ..nn.layers import Dropout
 from ..nn.module import Module
-from ..tensor import Tensor, cat
+from ..tensor import Tensor
 from .cell import Cell
 from .unroll import Unroll, check_lengths
 
@@ -57,7 +58,7 @@ class Stack(Cell):
     def forward(self, x, states):
         new_states = []
         for k, (cell, state) in enumerate(zip(self.cells, states)):
-            with autograd.scope(layer=k):       # observers tag the layer's ops
+            with observers.scope(layer=k):       # observers tag the layer's ops
                 if k > 0:
                     x = self.dropout(x)
                 x, state = cell(x, state)

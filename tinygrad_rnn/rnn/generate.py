@@ -4,8 +4,10 @@ prediction in its state and feeds it back as the next input."""
 import numpy as np
 
 from ..autograd import ShapeError
+from ..factories import zeros
+from ..functional import where
 from ..nn.module import Module
-from ..tensor import Tensor, where, zeros
+from ..tensor import Tensor
 from .cell import Cell
 from .unroll import Unroll
 

@@ -16,9 +16,10 @@ the equations unchanged.
 import numpy as np
 
 from ..autograd import ShapeError
+from ..dtypes import resolve_dtype
+from ..functional import linear, linear_scan, where
 from ..nn import init
 from ..nn.module import Parameter
-from ..tensor import linear, linear_scan, resolve_dtype, where
 from .cells import _GatedCell
 
 

@@ -2,11 +2,13 @@
 
 import numpy as np
 
-from .. import autograd
-from ..autograd import ShapeError, no_grad
+from .. import observers
+from ..autograd import ShapeError
 from ..engine import fast_sequence
+from ..functional import stack, where
+from ..grad_mode import no_grad
 from ..nn.module import Module
-from ..tensor import Tensor, stack, where
+from ..tensor import Tensor
 from .cell import describe_structure, same_structure, tree_map
 
 
@@ -55,7 +57,7 @@ class Unroll(Module):
         # One call sets up the sequence for speed (GC, malloc, transposed weights): engine/.
         with fast_sequence():
             run_sequence = getattr(self.cell, "forward_sequence", None)
-            if run_sequence is not None and not autograd.observing():
+            if run_sequence is not None and not observers.observing():
                 # The cell runs the whole sequence itself (a scan, or a compiled loop): the
                 # same numbers as stepping. Observers need the steps, so they get the loop.
                 ys, state = run_sequence(xs, state, lengths)
@@ -69,13 +71,13 @@ class Unroll(Module):
         """The recurrence: ``output_t, state_t = cell(x_t, state_{t-1})`` for t = 0 .. T-1."""
         outputs = []
         for t, x_t in enumerate(xs.unbind(0)):
-            with autograd.scope(step=t):        # observers tag the step's ops (trace, ledger)
+            with observers.scope(step=t):        # observers tag the step's ops (trace, ledger)
                 out, new_state = self.cell(x_t, state)
                 if lengths is not None:
                     out, new_state = _stop_finished(t, lengths, out, new_state, state)
                 state = new_state
                 outputs.append(out)
-                autograd.notify_step(self, t, out, state)
+                observers.notify_step(self, t, out, state)
         ys = tree_map(lambda *outs: stack(outs), *outputs)
         return ys, state
 

@@ -41,11 +41,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..autograd import no_grad
+from ..dtypes import default_dtype
+from ..functional import stack
+from ..grad_mode import no_grad
 from ..nn import init
 from ..rnn.cell import describe_structure, detach_state, same_structure, tree_leaves, tree_map
 from ..rnn.unroll import Unroll
-from ..tensor import Tensor, default_dtype, stack
+from ..tensor import Tensor
 from .gradcheck import check_vjp, gradcheck, gradgradcheck
 
 PROPERTIES = {

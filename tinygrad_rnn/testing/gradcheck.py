@@ -4,7 +4,7 @@ import contextlib
 
 import numpy as np
 
-from ..autograd import grad
+from ..higher_order import grad
 from ..tensor import Tensor
 
 

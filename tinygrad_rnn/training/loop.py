@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .. import optim
-from ..autograd import no_grad
+from ..grad_mode import no_grad
 from ..nn import functional as F
 from ..rnn.cell import detach_state
 

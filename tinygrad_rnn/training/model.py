@@ -16,10 +16,11 @@ import sys
 import numpy as np
 
 from .. import nn
-from ..autograd import no_grad
+from ..dtypes import default_dtype
+from ..factories import zeros
+from ..grad_mode import no_grad
 from ..rnn import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell, Stack, Unroll
 from ..rnn.cell import Cell
-from ..tensor import default_dtype, zeros
 
 BUILTIN_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell,
                  "mingru": MinGRUCell, "minlstm": MinLSTMCell}
