@@ -42,16 +42,17 @@ and ``tg.load`` are core API used outside the trainer (examples, ``gradflow --ch
 user code), and the package is one small compiled wheel with no dependencies of its own.
 """
 
-import json
 import os
 import secrets
 import warnings
-import zipfile
 import zlib
 
 import numpy as np
 
 from .tensor import Tensor
+
+# json and zipfile are imported by the functions that use them: together ~5 ms of
+# `import tinygrad_rnn` (benchmarks/import_time.py), for save and load only.
 
 MANIFEST_KEY = "__tinygrad_rnn_manifest__"     # the npz member holding the manifest
 METADATA_KEY = "tinygrad_rnn"                  # the safetensors metadata entry holding it
@@ -191,6 +192,7 @@ def _crc32(arr):
 
 
 def _encode_safetensors(manifest, arrays):
+    import json
     tensors, entries = {}, {}
     for key, arr in arrays.items():
         tensors[key], entries[key] = _tensor_for_file(arr)
@@ -204,12 +206,14 @@ def _write_safetensors(f, manifest, arrays):
 
 
 def _write_npz(f, manifest, arrays):
+    import json
     blob = json.dumps(manifest, ensure_ascii=False).encode("utf-8")
     np.savez(f, **arrays, **{MANIFEST_KEY: np.frombuffer(blob, dtype=np.uint8)})
 
 
 def _read_safetensors(path):
     """(manifest or None, {name: array}) from a safetensors file."""
+    import json
     _safetensors_numpy()                       # the clear ImportError, if it is missing
     from safetensors import safe_open
     try:
@@ -259,6 +263,8 @@ def _array_from_file(stored, entry, key):
 
 def _read_npz(path):
     """(manifest or None, {name: array}) from an npz file."""
+    import json
+    import zipfile
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}    # reads (and CRC-checks) every member now
