@@ -45,7 +45,7 @@ class SequenceFunction(Function):
     def forward(self, *arrays, program, steps, lengths, train):
         self.program, self.steps, self.lengths = program, steps, lengths
         # The reverse loop reads every input, so the version check watches all of them; on
-        # the Tensor path these names hold the node's input Tensors (autograd._graph_rule).
+        # the Tensor path these names hold the node's input Tensors (higher_order.graph_rule).
         self.saved_inputs = tuple(f"input_{k}" for k in range(len(arrays)))
         return program.forward(self, arrays, steps, lengths, train)
 
