@@ -29,7 +29,8 @@ _SYMBOLS = (
 
 def _openblas_controls():
     """(set_num_threads, get_num_threads) of every bundled OpenBLAS loaded: numpy's, and
-    SciPy's, which Numba's ``np.dot`` calls inside the compiled loops (tg.compile)."""
+    SciPy's where it is installed (the compiled loops call numpy's; SciPy's only serves their
+    ``np.dot`` fallback, compile/blas.py)."""
     site = os.path.dirname(os.path.dirname(np.__file__))
     patterns = ("numpy.libs/lib*openblas*", "numpy/.dylibs/lib*openblas*",
                 "scipy.libs/lib*openblas*", "scipy/.dylibs/lib*openblas*")

@@ -45,7 +45,7 @@ from ._threads import blas_threads
 CHECKPOINT_SECONDS = 30.0     # default checkpoint interval: a killed run loses under a minute
 SAMPLE_PRIME = "def "
 
-# The default run: about 3 minutes on 2 CPU cores (measured numbers in docs/training.md).
+# The default run: about 1.5-2 minutes on 2 CPU cores (measured numbers in docs/training.md).
 DEFAULTS = {
     "cell": "lstm", "hidden": 256, "layers": 1, "embed": 32, "seq_len": 50, "batch": 32,
     "lr": 8e-3, "lr_schedule": "cosine", "clip": 5.0, "seed": 0, "steps": 1400,

@@ -214,7 +214,7 @@ class _Writer:
 
 
 _LOOP = re.compile(r"\s*for j in range\((\d+)\):$")
-_ADD_INTO = re.compile(r"(\s*)([A-Z]+\d+)\[(?:t, )?b, (?:(\d+) \+ )?j\] \+= (.*)")
+_ADD_INTO = re.compile(r"\s*([A-Z]+\d+)\[(?:t, )?b, (?:(\d+) \+ )?j\] \+= .*")
 
 
 def _assign_single_writes(lines, widths, assigned):
@@ -234,8 +234,8 @@ def _assign_single_writes(lines, widths, assigned):
             width = int(loop.group(1))
             continue
         m = _ADD_INTO.fullmatch(line)
-        if m and m.group(2) in writes:
-            writes[m.group(2)].append((int(m.group(3) or 0), width, k))
+        if m and m.group(1) in writes:
+            writes[m.group(1)].append((int(m.group(2) or 0), width, k))
             continue
         stripped = line.strip()
         for name in writes:     # any other write (a broadcast column, BLAS's output): keep +=
