@@ -13,7 +13,8 @@ import numpy as np
 
 from ..grad_mode import no_grad
 from ..nn.module import Module
-from ..rnn.cell import Cell, describe_structure, tree_leaves
+from ..rnn.cell import Cell, tree_leaves
+from ..tensor import Tensor
 from ..rnn.combinators import Bidirectional, Stack
 from ..rnn.unroll import Unroll
 from . import graph as _graph
@@ -22,6 +23,18 @@ from .rules import RULES, rule_for
 
 __all__ = ["compile", "CompiledCell", "CompiledStack", "CompileError", "CompileWarning",
            "RULES", "rule_for"]
+
+
+_MISSING = object()
+
+
+def _structure_key(state):
+    """The state's nesting, shapes and dtypes as a hashable key (cheap: built per call)."""
+    if isinstance(state, Tensor):
+        return state.shape, state.data.dtype
+    if isinstance(state, (tuple, list)):
+        return (type(state).__name__,) + tuple(_structure_key(s) for s in state)
+    return type(state).__name__
 
 
 class CompileWarning(UserWarning):
@@ -44,6 +57,7 @@ class CompiledCell(Cell):
         if hasattr(cell, "hidden_size"):
             self.hidden_size = cell.hidden_size
         self._programs = {}
+        self._training_modes = None
         self._warned = set()
 
     @property
@@ -78,13 +92,14 @@ class CompiledCell(Cell):
 
     def program(self, batch, input_size, dtype, state):
         """The generated loops for this signature (None: this cell runs eager)."""
+        if self._training_modes is None:     # the modules are walked once; modes read per call
+            modules = self.cell.modules()
+            self._training_modes = lambda: tuple(m.training for m in modules)
+        key = (batch, input_size, np.dtype(dtype), _structure_key(state), self._training_modes())
+        program = self._programs.get(key, _MISSING)
+        if program is not _MISSING:
+            return program
         from .runtime import Program
-        leaves = tree_leaves(state)
-        key = (batch, input_size, np.dtype(dtype), describe_structure(state),
-               tuple(np.dtype(s.dtype) for s in leaves),
-               tuple(m.training for m in self.cell.modules()))
-        if key in self._programs:
-            return self._programs[key]
         try:
             graph = _graph.build(self.cell, batch, input_size, dtype, state)
             program = Program(graph, f"{type(self.cell).__name__}, input size {input_size}, "

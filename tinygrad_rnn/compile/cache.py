@@ -47,13 +47,14 @@ def _tune_llvm():
 
     A fused step reads and writes a dozen arrays; LLVM cannot prove they do not overlap, so
     it vectorizes only behind run-time overlap checks, and by default gives up past 8 of
-    them: the LSTM's gate loop then ran scalar, 5x slower. The option only raises that
-    limit (a code-generation heuristic); it changes no result.
+    them (and past 128 at all): the LSTM's gate loop then ran scalar, 5x slower. The options
+    only raise those limits (code-generation heuristics); they change no result.
     """
     global _llvm_tuned
     if not _llvm_tuned:
         import llvmlite.binding as llvm
-        llvm.set_option("tinygrad_rnn", "-runtime-memory-check-threshold=128")
+        llvm.set_option("tinygrad_rnn", "-runtime-memory-check-threshold=512")
+        llvm.set_option("tinygrad_rnn", "-vectorize-memory-check-threshold=2048")
         _llvm_tuned = True
 
 

@@ -31,6 +31,9 @@ class Group:
 
     def __init__(self, width):
         self.width, self.nodes = width, []
+        self.inlined = []           # wider groups this one computes at its views' columns
+        self.offsets = None         # set on a group that is inlined: the columns it is read at
+        self.forward_inline = True  # False: inlined in the reverse loop only
 
 
 class Gemm:
@@ -50,7 +53,9 @@ class Layout:
         self._views()
         self._copy_gemm_views()
         self._schedule()
+        self._inline_wide_groups()
         self._storage()
+        self._inline_forward()
         self._arrays()
 
     # -- values ---------------------------------------------------------------------------
@@ -81,6 +86,11 @@ class Layout:
     @staticmethod
     def is_view(v):
         return v.kind == CARRY and v.base is not v
+
+    @staticmethod
+    def is_inlined(v):
+        """A value of a group computed inside the group that reads its views."""
+        return v.group is not None and v.group.offsets is not None
 
     def _copy_gemm_views(self):
         """A GEMM reads a whole contiguous array: copy a view (a gate block) first."""
@@ -123,12 +133,82 @@ class Layout:
             else:
                 self.items.append(node)                     # Cat, Sum, Max
 
+    def _inline_wide_groups(self):
+        """A group whose values are read only through column views by ONE narrower group
+        (the LSTM's ``gates = h W_hh^T + b + x W_ih^T`` of width 4H, read as four H-wide
+        chunks) is computed inside that group, once per view's column offset: its values are
+        registers there, not a (B, 4H) array written by one loop and read back by the next,
+        and in the reverse loop its adjoints are registers too (no gate-gradient buffer)."""
+        readers = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                readers.setdefault(id(v), []).append(node)
+        results = {id(v) for v in self.graph.results}
+        group_of = {id(n): item for item in self.items if isinstance(item, Group)
+                    for n in item.nodes}
+
+        def consumer_groups(v, offsets):
+            """The groups reading ``v`` other than through its own group; None if anything
+            else reads it (a GEMM, a reduction, a result, a view of another width)."""
+            if id(v) in results:
+                return None
+            found = set()
+            for node in readers.get(id(v), []):
+                if node.op in (Split, GetItem):
+                    for out in node.outputs:
+                        sub = consumer_groups(out, offsets)
+                        if sub is None:
+                            return None
+                        for g in sub:
+                            if g.width != out.shape[1]:
+                                return None
+                        if sub:
+                            offsets.add(out.col)
+                        found |= sub
+                elif node.rule.kind == "elementwise" and self.is_view(v):
+                    found.add(group_of[id(node)])
+                elif id(group_of.get(id(node))) != id(v.group):
+                    return None
+            return found
+
+        for group in [item for item in self.items if isinstance(item, Group)]:
+            offsets, targets = set(), set()
+            for node in group.nodes:
+                found = consumer_groups(node.outputs[0], offsets)
+                if found is None:
+                    break
+                targets |= found
+            else:
+                if len(targets) != 1:
+                    continue
+                (target,) = targets
+                if target is group or target.width == group.width or group.inlined or self.items.index(target) < self.items.index(group):
+                    continue
+                group.offsets = sorted(offsets)
+                target.inlined.append(group)
+                self.items.remove(group)
+
+    def _inline_forward(self):
+        """An inlined group whose values backward needs stays its own loop in the forward
+        functions (only its reverse is inlined): LLVM vectorized the GRU's gate loop with the
+        saved (B, 3H) stores at three column offsets in it behind run-time overlap checks
+        that then failed, so that loop ran scalar, 5x slower."""
+        for group in self.items:
+            for inner in getattr(group, "inlined", ()):
+                inner.forward_inline = not any(n.outputs[0].saved for n in inner.nodes)
+                if not inner.forward_inline:
+                    for node in inner.nodes:
+                        node.outputs[0].stored = True
+
     # -- which values need arrays ---------------------------------------------------------
     def _storage(self):
         item_of = {}
         for item in self.items:
             for node in self._item_nodes(item):
                 item_of[id(node)] = item
+            for inner in getattr(item, "inlined", ()):
+                for node in inner.nodes:
+                    item_of[id(node)] = item
         for node in self.nodes:
             if node.op in (Split, GetItem):
                 continue
@@ -137,6 +217,8 @@ class Layout:
                 if v.kind != CARRY:
                     continue
                 base = v.base
+                if self.is_inlined(base):
+                    continue                                # a register of this group
                 if base.group is None or base.group is not mine or self.is_view(v):
                     base.has_adjoint = True                 # read by another item
                     base.stored = True
@@ -338,6 +420,8 @@ class Source:
         """A forward value: a register if made in this group (forward), else its array."""
         if mode != "backward" and group is not None and v.group is group and not self.L.is_view(v):
             return f"v{v.num}"
+        if mode != "backward" and self.L.is_inlined(v.base) and v.base.group.forward_inline:
+            return f"v{v.base.num}_{v.col}"
         ts = "t" if mode in ("train", "backward") else "0"
         cur = "t" if mode in ("train", "backward") else "cur"
         return self._index(v, width, ts, cur, j)
@@ -350,6 +434,8 @@ class Source:
             return "G" + self._index(v, width, "t", "", j)
         if group is not None and v.group is group and not self.L.is_view(v):
             return f"g{v.num}"
+        if self.L.is_inlined(v.base):
+            return f"g{v.base.num}_{v.col}"
         c = self._cols(v, width, j)
         base = v.base
         if base.source == "state":
@@ -357,6 +443,58 @@ class Source:
         if base.node is not None and base.node.op in (Linear, MatMul):
             return f"DG{base.num}[t, b, {c}]"
         return f"G{base.num}[b, {c}]"
+
+    def _at(self, v, group, off):
+        """The column subscript of ``v`` read by ``group`` (inlined) at columns off + j."""
+        cols = norm2d(v.shape)[1] if v.kind == INVARIANT else v.shape[1]
+        if cols == 1 and group.width != 1:
+            return "0"
+        return f"{off} + j" if off else "j"
+
+    def read_at(self, v, group, off, mode):
+        if mode != "backward" and v.group is group and not self.L.is_view(v):
+            return f"v{v.num}_{off}"
+        ts = "t" if mode in ("train", "backward") else "0"
+        cur = "t" if mode in ("train", "backward") else "cur"
+        return self._index(v, group.width, ts, cur, self._at(v, group, off))
+
+    def adjoint_at(self, v, group, off):
+        if v.group is group and not self.L.is_view(v):
+            return f"g{v.num}_{off}"
+        return self.adjoint(v, group.width, None, j=self._at(v, group, off))
+
+    def _forward_inlined(self, w, group, mode):
+        for inner in group.inlined:
+            if not inner.forward_inline:
+                continue
+            w(4, f"# {', '.join(n.name for n in inner.nodes)} (width {inner.width}) at columns "
+                 f"{', '.join(f'{off} + j' if off else 'j' for off in inner.offsets)}")
+            for off in inner.offsets:
+                for node in inner.nodes:
+                    out = node.outputs[0]
+                    names = {name: self.read_at(v, inner, off, mode)
+                             for name, v in zip(node.rule.inputs, node.inputs)}
+                    w(4, f"v{out.num}_{off} = {self.lit(node.rule.forward.format(**names))}")
+                    if out.stored:
+                        col = f"{off} + j" if off else "j"
+                        w(4, f"A{out.num}[{self._ts(out, mode)}, b, {col}] = v{out.num}_{off}")
+
+    def _backward_inlined(self, w, group):
+        for inner in group.inlined:
+            w(4, f"# reverse of: {', '.join(n.name for n in inner.nodes)} at the same columns")
+            for off in inner.offsets:
+                for node in reversed(inner.nodes):
+                    out = node.outputs[0]
+                    names = {name: self.read_at(v, inner, off, "backward")
+                             for name, v in zip(node.rule.inputs, node.inputs)}
+                    names["y"] = self.read_at(out, inner, off, "backward")
+                    names["g"] = f"g{out.num}_{off}"
+                    for v, grad in zip(node.inputs, node.rule.grads):
+                        if grad is None:
+                            continue
+                        target = self.adjoint_at(v, inner, off)
+                        if target is not None:
+                            w(4, f"{target} += {self.lit(grad.format(**names))}")
 
     def lit(self, text):
         return _FLOAT_LITERAL.sub(r"fl(\1)", text)
@@ -397,6 +535,9 @@ class Source:
             w(2, "nxt = 1 - cur")
         for item in L.items:
             if isinstance(item, Group):
+                for inner in item.inlined:
+                    if not inner.forward_inline:
+                        self._forward_group(w, inner, mode)
                 self._forward_group(w, item, mode)
             elif isinstance(item, Gemm):
                 self._forward_gemm(w, item, mode)
@@ -428,6 +569,7 @@ class Source:
         w(2, "for b in range(B):")
         w(3, "valid = t < lengths[b]")
         w(3, f"for j in range({group.width}):")
+        self._forward_inlined(w, group, mode)
         for node in group.nodes:
             out = node.outputs[0]
             names = {name: self.read(v, group.width, group, mode)
@@ -542,6 +684,10 @@ class Source:
             init = [f"G{out.num}[b, j]"] if out.has_adjoint else []
             init += self._seed_terms(out)
             w(4, f"g{out.num} = {' + '.join(init) if init else 'fl(0.0)'}")
+        for inner in group.inlined:
+            for off in inner.offsets:
+                for node in inner.nodes:
+                    w(4, f"g{node.outputs[0].num}_{off} = fl(0.0)")
         for node in reversed(group.nodes):
             out = node.outputs[0]
             names = {name: self.read(v, group.width, group, "backward")
@@ -554,6 +700,7 @@ class Source:
                 target = self.adjoint(v, group.width, group)
                 if target is not None:
                     w(4, f"{target} += {self.lit(grad.format(**names))}")
+        self._backward_inlined(w, group)
 
     def _backward_gemm(self, w, item):
         node = item.node
