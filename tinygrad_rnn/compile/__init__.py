@@ -14,9 +14,9 @@ import numpy as np
 from ..grad_mode import no_grad
 from ..nn.module import Module
 from ..rnn.cell import Cell, tree_leaves
-from ..tensor import Tensor
 from ..rnn.combinators import Bidirectional, Stack
 from ..rnn.unroll import Unroll
+from ..tensor import Tensor
 from . import graph as _graph
 from .graph import CompileError
 from .rules import RULES, rule_for

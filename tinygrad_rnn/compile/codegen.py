@@ -182,7 +182,8 @@ class Layout:
                 if len(targets) != 1:
                     continue
                 (target,) = targets
-                if target is group or target.width == group.width or group.inlined or self.items.index(target) < self.items.index(group):
+                if (target is group or target.width == group.width or group.inlined
+                        or self.items.index(target) < self.items.index(group)):
                     continue
                 group.offsets = sorted(offsets)
                 target.inlined.append(group)
