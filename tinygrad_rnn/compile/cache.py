@@ -22,9 +22,13 @@ def cache_dir():
     return os.path.join(root, "compiled")
 
 
+# Part of the cache key: machine code compiled under other settings is not reused.
+LLVM_OPTIONS = ("-runtime-memory-check-threshold=512", "-vectorize-memory-check-threshold=512")
+
+
 def source_key(source):
     """The file name's hash: the source and the versions that shape its machine code."""
-    text = f"{source}\n# numba {numba.__version__} numpy {np.__version__}"
+    text = f"{source}\n# numba {numba.__version__} numpy {np.__version__} llvm {' '.join(LLVM_OPTIONS)}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -53,8 +57,8 @@ def _tune_llvm():
     global _llvm_tuned
     if not _llvm_tuned:
         import llvmlite.binding as llvm
-        llvm.set_option("tinygrad_rnn", "-runtime-memory-check-threshold=512")
-        llvm.set_option("tinygrad_rnn", "-vectorize-memory-check-threshold=2048")
+        for option in LLVM_OPTIONS:
+            llvm.set_option("tinygrad_rnn", option)
         _llvm_tuned = True
 
 
