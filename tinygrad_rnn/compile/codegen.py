@@ -342,6 +342,35 @@ def _assign_single_writes(lines, widths, assigned):
             if not any(line.strip() == f"{name}[:] = fl(0.0)" for name in assigned)]
 
 
+_OUTLINE, _END = "#<outline>", "#</outline>"
+_ARRAY = re.compile(r"\b([A-Z][A-Za-z]*\d+|gY\d+|lengths)\[")
+_SCALARS = ("t", "cur", "nxt", "B")
+
+
+def _outline(lines, prefix):
+    """The regions between _OUTLINE and _END markers made functions of their own (compiled
+    with the noalias flag), each replaced by a call: returns (the lines, the functions)."""
+    main, functions, region = [], [], None
+    for line in lines:
+        stripped = line.strip()
+        if stripped == _OUTLINE:
+            region, indent = [], line[:len(line) - len(line.lstrip())]
+            continue
+        if stripped == _END:
+            name = f"{prefix}_{len(functions)}"
+            text = "\n".join(region)
+            arrays = list(dict.fromkeys(_ARRAY.findall(text)))
+            scalars = [v for v in _SCALARS if re.search(rf"\b{v}\b", text)]
+            args = ", ".join(scalars + arrays)
+            functions.append(["@njit(**NOALIAS)", f"def {name}({args}):"]
+                             + [r[4:] for r in region])
+            main.append(f"{indent}{name}({args})")
+            region = None
+            continue
+        (main if region is None else region).append(line)
+    return main, functions
+
+
 class Source:
     """Writes the three functions of one Layout."""
 
@@ -511,17 +540,25 @@ class Source:
              f"sigmoid{bits} as sigmoid, relu{bits} as relu, select, sign, log, sqrt")
         w(0, f"from tinygrad_rnn.compile.blas import gemm{bits} as gemm, "
              f"gemm_acc{bits} as gemm_acc  # {blas.KIND}")
+        w(0, "from tinygrad_rnn.compile.noalias import NoAliasCompiler")
         w(0, "")
         w(0, f"fl = np.{self.float}")
         w(0, 'OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})')
-        for mode in ("train", "infer"):
-            w(0, "")
-            w(0, "")
-            self._forward(w, mode)
-        w(0, "")
-        w(0, "")
-        self._backward(w)
-        return "\n".join(w.lines) + "\n"
+        w(0, "# the fused loop nests: their arrays never overlap (compile/noalias.py)")
+        w(0, "NOALIAS = dict(OPTIONS, pipeline_class=NoAliasCompiler)")
+        header = w.lines
+        mains, nests = [], []
+        for mode in ("train", "infer", "backward"):
+            fw = _Writer()
+            if mode == "backward":
+                self._backward(fw)
+            else:
+                self._forward(fw, mode)
+            main, found = _outline(fw.lines, mode)
+            mains.append(main)
+            nests += found
+        blocks = [header] + nests + mains
+        return "\n\n\n".join("\n".join(b) for b in blocks) + "\n"
 
     def _forward(self, w, mode):
         L = self.L
@@ -567,6 +604,7 @@ class Source:
 
     def _forward_group(self, w, group, mode):
         w(2, f"# fused elementwise: {', '.join(n.name for n in group.nodes)}")
+        w(2, _OUTLINE)
         w(2, "for b in range(B):")
         w(3, "valid = t < lengths[b]")
         w(3, f"for j in range({group.width}):")
@@ -579,6 +617,7 @@ class Source:
             if out.stored:
                 w(4, f"A{out.num}[{self._ts(out, mode)}, b, j] = v{out.num}")
             self._result_writes(out, f"v{out.num}", 4, w)
+        w(2, _END)
 
     def _forward_structural(self, w, node, mode):
         out = node.outputs[0]
@@ -677,6 +716,7 @@ class Source:
 
     def _backward_group(self, w, group):
         w(2, f"# reverse of: {', '.join(n.name for n in group.nodes)}")
+        w(2, _OUTLINE)
         w(2, "for b in range(B):")
         w(3, "valid = t < lengths[b]")
         w(3, f"for j in range({group.width}):")
@@ -702,6 +742,7 @@ class Source:
                 if target is not None:
                     w(4, f"{target} += {self.lit(grad.format(**names))}")
         self._backward_inlined(w, group)
+        w(2, _END)
 
     def _backward_gemm(self, w, item):
         node = item.node
